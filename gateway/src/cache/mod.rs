@@ -1,0 +1,3 @@
+//! Caches in front of the object store.
+
+pub mod meta;

@@ -1,0 +1,217 @@
+//! Gateway configuration: one struct, filled from a TOML file and then
+//! overridden by command-line flags (same key names, kebab-case).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Default NFS port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2049";
+/// Default time attributes and listings are trusted before revalidation.
+pub const DEFAULT_META_TTL: Duration = Duration::from_secs(3);
+/// Default bound on concurrent connections per worker.
+pub const DEFAULT_CONNECTIONS_PER_WORKER_MAX: usize = 4096;
+/// Default bound on calls in flight per connection (Linux keeps up to 128).
+pub const DEFAULT_CALLS_IN_FLIGHT_MAX: usize = 128;
+/// Largest RPC record accepted: a 1 MiB WRITE plus headers.
+pub const DEFAULT_RECORD_BYTES_MAX: usize = (1 << 20) + 64 * 1024;
+/// Receive buffer per connection.
+pub const RECV_BUFFER_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where objects come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A local directory standing in for a bucket.
+    Dir(PathBuf),
+}
+
+impl Source {
+    pub fn parse(s: &str) -> Result<Source, ConfigError> {
+        if s.starts_with("s3://") {
+            return Err(ConfigError::Invalid(format!(
+                "{s}: S3 sources are not available in this build yet; serve a local directory"
+            )));
+        }
+        if s.contains("://") {
+            return Err(ConfigError::Invalid(format!(
+                "{s}: unknown source scheme (expected a local directory)"
+            )));
+        }
+        Ok(Source::Dir(PathBuf::from(s)))
+    }
+
+    /// A stable description, used to tie a state directory to its source.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Dir(p) => {
+                let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+                format!("dir:{}", abs.display())
+            }
+        }
+    }
+}
+
+/// Keys accepted in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub source: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub workers: Option<usize>,
+    pub state_dir: Option<PathBuf>,
+    pub meta_ttl: Option<String>,
+    pub connections_per_worker_max: Option<usize>,
+    pub calls_in_flight_max: Option<usize>,
+    pub record_bytes_max: Option<usize>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// The resolved configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: Source,
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub state_dir: PathBuf,
+    pub meta_ttl: Duration,
+    pub connections_per_worker_max: usize,
+    pub calls_in_flight_max: usize,
+    pub record_bytes_max: usize,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers == 0 || self.workers > 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "workers must be between 1 and 1024, not {}",
+                self.workers
+            )));
+        }
+        if self.calls_in_flight_max == 0 || self.calls_in_flight_max > 65536 {
+            return Err(ConfigError::Invalid(
+                "calls-in-flight-max must be between 1 and 65536".into(),
+            ));
+        }
+        if self.record_bytes_max < 64 * 1024 || self.record_bytes_max > 64 << 20 {
+            return Err(ConfigError::Invalid(
+                "record-bytes-max must be between 64 KiB and 64 MiB".into(),
+            ));
+        }
+        if self.connections_per_worker_max == 0 {
+            return Err(ConfigError::Invalid(
+                "connections-per-worker-max must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parse a duration such as `3s`, `500ms`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
+    let s = s.trim();
+    let bad = || ConfigError::Invalid(format!("{s:?} is not a duration (try 3s, 500ms, 2m)"));
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, "s"),
+    };
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `$XDG_DATA_HOME/tidegate`, `~/.local/share/tidegate`, or
+/// `/var/lib/tidegate` when neither is known.
+pub fn data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("tidegate");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/share/tidegate");
+    }
+    PathBuf::from("/var/lib/tidegate")
+}
+
+/// The default state directory of a source: one per source, so two
+/// gateways over different sources never share a handle table.
+pub fn default_state_dir(source: &Source) -> PathBuf {
+    let d = source.describe();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in d.as_bytes() {
+        h = (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    data_dir().join("state").join(format!("{h:016x}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3s").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn toml_keys_match_flags() {
+        let c: FileConfig = toml::from_str(
+            "source = \"/data\"\nlisten = \"127.0.0.1:2050\"\nworkers = 2\nmeta-ttl = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.workers, Some(2));
+        assert_eq!(c.meta_ttl.as_deref(), Some("5s"));
+        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!(
+            Source::parse("/data").unwrap(),
+            Source::Dir(PathBuf::from("/data"))
+        );
+        assert!(Source::parse("s3://bucket").is_err());
+        assert!(Source::parse("gs://bucket").is_err());
+    }
+}

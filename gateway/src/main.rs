@@ -1,0 +1,226 @@
+//! The `tidegate` command: parse flags, merge them over the config file,
+//! start the server, wait for Ctrl-C or SIGTERM, shut down cleanly.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tidegate::config::{self, Config, FileConfig, Source};
+use tidegate::server::Server;
+
+/// How often handle ids handed out are made durable.
+const HANDLE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Parser)]
+#[command(
+    name = "tidegate",
+    version,
+    about = "S3-backed caching NFS gateway for ML training clusters",
+    long_about = "tidegate serves a bucket (or a local directory standing in for one) as an NFSv3 \
+export that the stock Linux kernel NFS client mounts. MOUNT and NFS share one TCP port, so no \
+rpcbind is needed:\n\n    mount -t nfs -o vers=3,proto=tcp,port=2049,mountport=2049,nolock HOST:/ /mnt"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve SOURCE over NFSv3 until Ctrl-C or SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// What to export: a local directory used as a bucket (files are objects,
+    /// keys are relative paths). Without it, a demo directory is created under
+    /// the data directory and served.
+    source: Option<String>,
+
+    /// Address and port to listen on (MOUNT and NFS share it) [default: 127.0.0.1:2049]
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+
+    /// Worker threads, one per core, each pinned with its own io_uring [default: online CPUs]
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+
+    /// Directory for persistent state (the file handle table) [default: a directory per source
+    /// under $XDG_DATA_HOME/tidegate/state]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// TOML file with the same keys as these flags (kebab-case); flags win
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// How long attributes and directory listings are trusted before they are revalidated
+    /// against the source, e.g. 3s or 500ms [default: 3s]
+    #[arg(long, value_name = "DURATION")]
+    meta_ttl: Option<String>,
+
+    /// Connections each worker accepts at once; more are closed at once [default: 4096]
+    #[arg(long, value_name = "N")]
+    connections_per_worker_max: Option<usize>,
+
+    /// RPC calls processed at once per connection; the connection is not read past that
+    /// [default: 128]
+    #[arg(long, value_name = "N")]
+    calls_in_flight_max: Option<usize>,
+
+    /// Largest RPC record accepted, in bytes; a larger one closes the connection
+    /// [default: 1114112]
+    #[arg(long, value_name = "BYTES")]
+    record_bytes_max: Option<usize>,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. info, debug, tidegate=trace
+    /// [env: TIDEGATE_LOG] [default: info]
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+fn init_logging(filter: Option<&str>) {
+    let filter = filter
+        .map(str::to_owned)
+        .or_else(|| std::env::var("TIDEGATE_LOG").ok())
+        .unwrap_or_else(|| "info".to_string());
+    let env = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(env)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Create a small demo bucket the first time `serve` runs without a source.
+fn demo_source() -> Result<PathBuf> {
+    let dir = config::data_dir().join("demo-bucket");
+    if dir.exists() {
+        return Ok(dir);
+    }
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let ds = tmp.join("datasets/tiny");
+    std::fs::create_dir_all(&ds).with_context(|| format!("creating {}", ds.display()))?;
+    std::fs::write(
+        tmp.join("README.txt"),
+        "This directory stands in for an S3 bucket: every file is an object.\n",
+    )?;
+    for i in 0..16u32 {
+        let data: Vec<u8> = (0..64 * 1024u32)
+            .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i) >> 13) as u8)
+            .collect();
+        std::fs::write(ds.join(format!("shard-{i:05}.bin")), data)?;
+    }
+    std::fs::rename(&tmp, &dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn resolve(args: ServeArgs) -> Result<Config> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let source_text = match args.source.or(file.source) {
+        Some(s) => s,
+        None => {
+            let d = demo_source()?;
+            tracing::info!(dir = %d.display(), "no SOURCE given; serving the demo directory");
+            d.display().to_string()
+        }
+    };
+    let source = Source::parse(&source_text)?;
+    let Source::Dir(p) = &source;
+    if !Path::new(p).is_dir() {
+        bail!("source {} is not a directory", p.display());
+    }
+    let listen = match args.listen.or(file.listen) {
+        Some(a) => a,
+        None => config::DEFAULT_LISTEN.parse()?,
+    };
+    let workers = args
+        .workers
+        .or(file.workers)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let state_dir = args
+        .state_dir
+        .or(file.state_dir)
+        .unwrap_or_else(|| config::default_state_dir(&source));
+    let meta_ttl = match args.meta_ttl.or(file.meta_ttl) {
+        Some(s) => config::parse_duration(&s)?,
+        None => config::DEFAULT_META_TTL,
+    };
+    let cfg = Config {
+        source,
+        listen,
+        workers,
+        state_dir,
+        meta_ttl,
+        connections_per_worker_max: args
+            .connections_per_worker_max
+            .or(file.connections_per_worker_max)
+            .unwrap_or(config::DEFAULT_CONNECTIONS_PER_WORKER_MAX),
+        calls_in_flight_max: args
+            .calls_in_flight_max
+            .or(file.calls_in_flight_max)
+            .unwrap_or(config::DEFAULT_CALLS_IN_FLIGHT_MAX),
+        record_bytes_max: args
+            .record_bytes_max
+            .or(file.record_bytes_max)
+            .unwrap_or(config::DEFAULT_RECORD_BYTES_MAX),
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    init_logging(args.log.as_deref());
+    let cfg = resolve(args)?;
+    tracing::info!(state_dir = %cfg.state_dir.display(), "state");
+    let server = Server::start(&cfg).context("starting the gateway")?;
+    let addr = server.local_addr();
+    tracing::info!(
+        "mount with: mount -t nfs -o vers=3,proto=tcp,port={p},mountport={p},nolock {ip}:/ /mnt",
+        p = addr.port(),
+        ip = addr.ip()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("control runtime")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let mut tick = tokio::time::interval(HANDLE_FLUSH_INTERVAL);
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; break; }
+                _ = term.recv() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = server.flush() {
+                        tracing::error!(error = %e, "flushing the handle table failed");
+                    }
+                }
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    tracing::info!("shutting down");
+    server.shutdown().context("flushing state at shutdown")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    if let Err(e) = r {
+        eprintln!("tidegate: error: {e:#}");
+        std::process::exit(1);
+    }
+}

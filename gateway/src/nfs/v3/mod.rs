@@ -1,0 +1,553 @@
+//! NFS version 3 (RFC 1813), program 100003.
+//!
+//! Each procedure: decode arguments (borrowing from the record), resolve
+//! handles, call the vfs, encode the result into the reply buffer. Write
+//! procedures answer NFS3ERR_ROFS with empty weak cache consistency data.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::nfs::fh::{self, FH_BYTES};
+use crate::nfs::xdr::{padded_len, Decoder, Encoder, XdrResult};
+use crate::rpc::{CallContext, ProcOutcome};
+use crate::store::StoreError;
+use crate::vfs::{Attr, FsError, Node, NodeKind};
+
+pub const PROGRAM: u32 = 100003;
+pub const VERSION: u32 = 3;
+
+/// Largest handle a v3 client may send (NFS3_FHSIZE).
+const FHSIZE3: u32 = 64;
+/// Largest READ served and WRITE accepted (bytes).
+pub const IO_BYTES_MAX: u32 = 1 << 20;
+/// Largest READDIR/READDIRPLUS reply built (bytes).
+pub const DIR_REPLY_BYTES_MAX: u32 = 1 << 20;
+/// Preferred READDIR size advertised in FSINFO.
+const DTPREF: u32 = 64 * 1024;
+
+// nfsstat3 values.
+const NFS3_OK: u32 = 0;
+const NFS3ERR_IO: u32 = 5;
+const NFS3ERR_NOENT: u32 = 2;
+const NFS3ERR_NOTDIR: u32 = 20;
+const NFS3ERR_ISDIR: u32 = 21;
+const NFS3ERR_INVAL: u32 = 22;
+const NFS3ERR_ROFS: u32 = 30;
+const NFS3ERR_NAMETOOLONG: u32 = 63;
+const NFS3ERR_STALE: u32 = 70;
+const NFS3ERR_BADHANDLE: u32 = 10001;
+const NFS3ERR_BAD_COOKIE: u32 = 10003;
+const NFS3ERR_NOTSUPP: u32 = 10004;
+const NFS3ERR_TOOSMALL: u32 = 10005;
+const NFS3ERR_SERVERFAULT: u32 = 10006;
+
+// ACCESS bits.
+const ACCESS3_READ: u32 = 0x01;
+const ACCESS3_LOOKUP: u32 = 0x02;
+const ACCESS3_EXECUTE: u32 = 0x20;
+
+/// The one table from file system errors to NFSv3 status codes.
+pub fn status_of(e: &FsError) -> u32 {
+    match e {
+        FsError::NotFound => NFS3ERR_NOENT,
+        FsError::NotDir => NFS3ERR_NOTDIR,
+        FsError::IsDir => NFS3ERR_ISDIR,
+        FsError::NameTooLong => NFS3ERR_NAMETOOLONG,
+        FsError::InvalidName(_) => NFS3ERR_INVAL,
+        FsError::BadHandle => NFS3ERR_BADHANDLE,
+        FsError::Stale => NFS3ERR_STALE,
+        FsError::BadCookie => NFS3ERR_BAD_COOKIE,
+        FsError::ReadOnly => NFS3ERR_ROFS,
+        FsError::NotSupported => NFS3ERR_NOTSUPP,
+        FsError::TooManyEntries(_) => NFS3ERR_IO,
+        FsError::Store(StoreError::NotFound { .. }) => NFS3ERR_NOENT,
+        FsError::Store(StoreError::InvalidKey { .. }) => NFS3ERR_INVAL,
+        FsError::Store(StoreError::Io { .. }) => NFS3ERR_IO,
+        FsError::Handles(_) => NFS3ERR_SERVERFAULT,
+    }
+}
+
+fn log_error(proc_name: &str, e: &FsError) {
+    match e {
+        FsError::Store(StoreError::Io { .. })
+        | FsError::Handles(_)
+        | FsError::TooManyEntries(_) => {
+            tracing::warn!(procedure = proc_name, error = %e, "request failed")
+        }
+        _ => tracing::debug!(procedure = proc_name, error = %e, "request failed"),
+    }
+}
+
+fn nfstime(e: &mut Encoder<'_>, t: SystemTime) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    e.u32(d.as_secs().min(u32::MAX as u64) as u32)
+        .u32(d.subsec_nanos());
+}
+
+/// Bytes of an encoded fattr3.
+const FATTR3_BYTES: usize = 84;
+
+fn fattr3(e: &mut Encoder<'_>, fsid: u64, a: &Attr) {
+    let (ftype, mode, nlink) = match a.kind {
+        NodeKind::File => (1u32, 0o644u32, 1u32),
+        NodeKind::Dir => (2, 0o755, 2),
+    };
+    e.u32(ftype).u32(mode).u32(nlink).u32(0).u32(0);
+    e.u64(a.size).u64(a.size.div_ceil(4096) * 4096);
+    e.u32(0).u32(0); // rdev
+    e.u64(fsid).u64(a.fileid);
+    nfstime(e, a.mtime); // atime: objects have none; mtime is the best answer
+    nfstime(e, a.mtime);
+    nfstime(e, a.mtime);
+}
+
+fn post_op_attr(e: &mut Encoder<'_>, fsid: u64, a: Option<&Attr>) {
+    match a {
+        Some(a) => {
+            e.bool(true);
+            fattr3(e, fsid, a);
+        }
+        None => {
+            e.bool(false);
+        }
+    }
+}
+
+fn post_op_fh(e: &mut Encoder<'_>, export_id: u32, node: &Node) {
+    e.bool(true).opaque(&fh::encode(export_id, node));
+}
+
+struct Ctx<'c, 'a> {
+    call: &'c CallContext<'a>,
+    export_id: u32,
+    fsid: u64,
+}
+
+impl Ctx<'_, '_> {
+    fn node(&self, handle: &[u8]) -> Result<std::sync::Arc<Node>, FsError> {
+        let (id, kind) = fh::decode(self.export_id, handle)?;
+        let node = self.call.vfs.node(id)?;
+        if node.kind() != kind {
+            return Err(FsError::Stale);
+        }
+        Ok(node)
+    }
+}
+
+fn handle_arg<'a>(d: &mut Decoder<'a>) -> XdrResult<&'a [u8]> {
+    d.opaque(FHSIZE3)
+}
+
+/// Dispatch one NFSv3 call. The reply header is already in `out`.
+pub async fn dispatch(
+    call: &CallContext<'_>,
+    proc_num: u32,
+    args: &[u8],
+    out: &mut Vec<u8>,
+) -> ProcOutcome {
+    let identity = call.vfs.handles().identity();
+    let ctx = Ctx {
+        call,
+        export_id: identity.export_id,
+        fsid: identity.export_id as u64,
+    };
+    let mut d = Decoder::new(args);
+    let r = match proc_num {
+        0 => Ok(()),
+        1 => getattr(&ctx, &mut d, out).await,
+        2 => rofs(&mut d, out, 1), // SETATTR: wcc_data
+        3 => lookup(&ctx, &mut d, out).await,
+        4 => access(&ctx, &mut d, out).await,
+        5 => readlink(&ctx, &mut d, out).await,
+        6 => read(&ctx, &mut d, out).await,
+        7 => rofs(&mut d, out, 1),    // WRITE
+        8 => rofs(&mut d, out, 1),    // CREATE
+        9 => rofs(&mut d, out, 1),    // MKDIR
+        10 => rofs(&mut d, out, 1),   // SYMLINK
+        11 => rofs(&mut d, out, 1),   // MKNOD
+        12 => rofs(&mut d, out, 1),   // REMOVE
+        13 => rofs(&mut d, out, 1),   // RMDIR
+        14 => rofs(&mut d, out, 2),   // RENAME: two wcc_data
+        15 => rofs_link(&mut d, out), // LINK
+        16 => readdir(&ctx, &mut d, out).await,
+        17 => readdirplus(&ctx, &mut d, out).await,
+        18 => fsstat(&ctx, &mut d, out).await,
+        19 => fsinfo(&ctx, &mut d, out).await,
+        20 => pathconf(&ctx, &mut d, out).await,
+        21 => rofs(&mut d, out, 1), // COMMIT
+        _ => return ProcOutcome::ProcUnavail,
+    };
+    match r {
+        Ok(()) => ProcOutcome::Done,
+        Err(_) => ProcOutcome::GarbageArgs,
+    }
+}
+
+/// Write procedures on a read-only export: the status and `wcc` empty
+/// wcc_data structures (pre_op_attr and post_op_attr both absent).
+fn rofs(d: &mut Decoder<'_>, out: &mut Vec<u8>, wcc: usize) -> XdrResult<()> {
+    // Every write procedure starts with a handle; check at least that.
+    handle_arg(d)?;
+    let mut e = Encoder::new(out);
+    e.u32(NFS3ERR_ROFS);
+    for _ in 0..wcc {
+        e.bool(false).bool(false);
+    }
+    Ok(())
+}
+
+fn rofs_link(d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrResult<()> {
+    handle_arg(d)?;
+    // LINK3resfail: post_op_attr file_attributes, wcc_data linkdir_wcc.
+    Encoder::new(out)
+        .u32(NFS3ERR_ROFS)
+        .bool(false)
+        .bool(false)
+        .bool(false);
+    Ok(())
+}
+
+async fn getattr(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrResult<()> {
+    let h = handle_arg(d)?;
+    let r = async {
+        let n = ctx.node(h)?;
+        ctx.call.vfs.getattr(&n).await
+    }
+    .await;
+    let mut e = Encoder::new(out);
+    match r {
+        Ok(a) => {
+            e.u32(NFS3_OK);
+            fattr3(&mut e, ctx.fsid, &a);
+        }
+        Err(err) => {
+            log_error("GETATTR", &err);
+            e.u32(status_of(&err));
+        }
+    }
+    Ok(())
+}
+
+async fn lookup(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrResult<()> {
+    let h = handle_arg(d)?;
+    // filename3 is unbounded in the RFC; anything past 1 KiB is garbage.
+    let name = d.string(1024)?;
+    let vfs = &ctx.call.vfs;
+    let dir = ctx.node(h);
+    let (r, dir_attr) = match dir {
+        Ok(dir) => {
+            let r = vfs.lookup(&dir, name).await;
+            let da = vfs.getattr(&dir).await.ok();
+            (r, da)
+        }
+        Err(e) => (Err(e), None),
+    };
+    let mut e = Encoder::new(out);
+    match r {
+        Ok((node, attr)) => {
+            e.u32(NFS3_OK).opaque(&fh::encode(ctx.export_id, &node));
+            post_op_attr(&mut e, ctx.fsid, Some(&attr));
+            post_op_attr(&mut e, ctx.fsid, dir_attr.as_ref());
+        }
+        Err(err) => {
+            log_error("LOOKUP", &err);
+            e.u32(status_of(&err));
+            post_op_attr(&mut e, ctx.fsid, dir_attr.as_ref());
+        }
+    }
+    Ok(())
+}
+
+async fn access(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrResult<()> {
+    let h = handle_arg(d)?;
+    let want = d.u32()?;
+    let r = async {
+        let n = ctx.node(h)?;
+        ctx.call.vfs.getattr(&n).await
+    }
+    .await;
+    let mut e = Encoder::new(out);
+    match r {
+        Ok(a) => {
+            let allowed = match a.kind {
+                NodeKind::File => ACCESS3_READ,
+                NodeKind::Dir => ACCESS3_READ | ACCESS3_LOOKUP | ACCESS3_EXECUTE,
+            };
+            e.u32(NFS3_OK);
+            post_op_attr(&mut e, ctx.fsid, Some(&a));
+            e.u32(want & allowed);
+        }
+        Err(err) => {
+            log_error("ACCESS", &err);
+            e.u32(status_of(&err)).bool(false);
+        }
+    }
+    Ok(())
+}
+
+async fn readlink(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrResult<()> {
+    let h = handle_arg(d)?;
+    let r = async {
+        let n = ctx.node(h)?;
+        ctx.call.vfs.getattr(&n).await
+    }
+    .await;
+    let mut e = Encoder::new(out);
+    match r {
+        // Nothing in this namespace is a symlink yet.
+        Ok(a) => {
+            e.u32(NFS3ERR_INVAL);
+            post_op_attr(&mut e, ctx.fsid, Some(&a));
+        }
+        Err(err) => {
+            e.u32(status_of(&err)).bool(false);
+        }
+    }
+    Ok(())
+}
+
+/// status + post_op_attr(present) + count + eof + data length.
+const READ_HEADER_BYTES: usize = 4 + 4 + FATTR3_BYTES + 4 + 4 + 4;
+
+async fn read(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrResult<()> {
+    let h = handle_arg(d)?;
+    let offset = d.u64()?;
+    let count = d.u32()?.min(IO_BYTES_MAX) as usize;
+    let node = match ctx.node(h) {
+        Ok(n) => n,
+        Err(err) => {
+            Encoder::new(out).u32(status_of(&err)).bool(false);
+            return Ok(());
+        }
+    };
+    let base = out.len();
+    out.resize(base + READ_HEADER_BYTES + padded_len(count), 0);
+    let r = ctx
+        .call
+        .vfs
+        .read(
+            &node,
+            offset,
+            &mut out[base + READ_HEADER_BYTES..base + READ_HEADER_BYTES + count],
+        )
+        .await;
+    match r {
+        Ok((n, eof, attr)) => {
+            let mut header = Vec::with_capacity(READ_HEADER_BYTES);
+            let mut e = Encoder::new(&mut header);
+            e.u32(NFS3_OK);
+            post_op_attr(&mut e, ctx.fsid, Some(&attr));
+            e.u32(n as u32).bool(eof).u32(n as u32);
+            debug_assert_eq!(header.len(), READ_HEADER_BYTES);
+            out[base..base + READ_HEADER_BYTES].copy_from_slice(&header);
+            let end = base + READ_HEADER_BYTES + n;
+            out.truncate(end + (padded_len(n) - n));
+            out[end..].fill(0);
+        }
+        Err(err) => {
+            log_error("READ", &err);
+            out.truncate(base);
+            Encoder::new(out).u32(status_of(&err)).bool(false);
+        }
+    }
+    Ok(())
+}
+
+struct DirArgs<'a> {
+    handle: &'a [u8],
+    cookie: u64,
+    verf: &'a [u8],
+}
+
+fn cookie_verifier(export_id: u32) -> [u8; 8] {
+    let mut v = [0u8; 8];
+    v[..4].copy_from_slice(b"tgv1");
+    v[4..].copy_from_slice(&export_id.to_be_bytes());
+    v
+}
+
+async fn readdir_common(
+    ctx: &Ctx<'_, '_>,
+    args: DirArgs<'_>,
+    out: &mut Vec<u8>,
+    plus: bool,
+    dircount: usize,
+    maxcount: usize,
+) {
+    let vfs = &ctx.call.vfs;
+    let verf = cookie_verifier(ctx.export_id);
+    let prep = async {
+        let dir = ctx.node(args.handle).map_err(|e| (e, None))?;
+        let dir_attr = vfs.getattr(&dir).await.map_err(|e| (e, None))?;
+        if dir.kind() != NodeKind::Dir {
+            return Err((FsError::NotDir, Some(dir_attr)));
+        }
+        if args.cookie != 0 && args.verf != [0u8; 8] && args.verf != verf {
+            return Err((FsError::BadCookie, Some(dir_attr)));
+        }
+        let listing = vfs
+            .listing(&dir)
+            .await
+            .map_err(|e| (e, Some(dir_attr.clone())))?;
+        let start = vfs
+            .resume_index(&dir, &listing, args.cookie)
+            .map_err(|e| (e, Some(dir_attr.clone())))?;
+        Ok((dir_attr, listing, start))
+    }
+    .await;
+    let (dir_attr, listing, start) = match prep.map_err(|e: (FsError, _)| e) {
+        Ok(v) => v,
+        Err((err, attr)) => {
+            log_error(if plus { "READDIRPLUS" } else { "READDIR" }, &err);
+            let mut e = Encoder::new(out);
+            e.u32(status_of(&err));
+            post_op_attr(&mut e, ctx.fsid, attr.as_ref());
+            return;
+        }
+    };
+    let base = out.len();
+    let mut e = Encoder::new(out);
+    e.u32(NFS3_OK);
+    post_op_attr(&mut e, ctx.fsid, Some(&dir_attr));
+    e.opaque_fixed(&verf);
+    // Room for the list terminator and eof.
+    let limit = base + maxcount.min(DIR_REPLY_BYTES_MAX as usize) - 8;
+    let mut dir_bytes = 0usize;
+    let mut emitted = 0usize;
+    let mut eof = true;
+    for entry in &listing.entries[start..] {
+        let name = entry.name.as_bytes();
+        let info_bytes = 8 + 4 + padded_len(name.len()) + 8;
+        let entry_bytes = 4
+            + info_bytes
+            + if plus {
+                4 + FATTR3_BYTES + 4 + 4 + FH_BYTES
+            } else {
+                0
+            };
+        if e.len() + entry_bytes > limit || (plus && dir_bytes + info_bytes > dircount) {
+            eof = false;
+            break;
+        }
+        dir_bytes += info_bytes;
+        e.bool(true).u64(entry.id).string(name).u64(entry.id);
+        if plus {
+            let attr = vfs.entry_attr(entry);
+            post_op_attr(&mut e, ctx.fsid, Some(&attr));
+            let node = Node {
+                id: entry.id,
+                key: std::sync::Arc::from(match entry.kind {
+                    NodeKind::Dir => "d/",
+                    NodeKind::File => "f",
+                }),
+            };
+            post_op_fh(&mut e, ctx.export_id, &node);
+        }
+        emitted += 1;
+    }
+    if emitted == 0 && !eof {
+        e.buf().truncate(base);
+        let mut e = Encoder::new(out);
+        e.u32(NFS3ERR_TOOSMALL);
+        post_op_attr(&mut e, ctx.fsid, Some(&dir_attr));
+        return;
+    }
+    e.bool(false).bool(eof);
+}
+
+async fn readdir(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrResult<()> {
+    let handle = handle_arg(d)?;
+    let cookie = d.u64()?;
+    let verf = d.opaque_fixed(8)?;
+    let count = d.u32()? as usize;
+    let args = DirArgs {
+        handle,
+        cookie,
+        verf,
+    };
+    readdir_common(ctx, args, out, false, usize::MAX, count.max(64)).await;
+    Ok(())
+}
+
+async fn readdirplus(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrResult<()> {
+    let handle = handle_arg(d)?;
+    let cookie = d.u64()?;
+    let verf = d.opaque_fixed(8)?;
+    let dircount = d.u32()? as usize;
+    let maxcount = d.u32()? as usize;
+    let args = DirArgs {
+        handle,
+        cookie,
+        verf,
+    };
+    readdir_common(ctx, args, out, true, dircount.max(64), maxcount.max(64)).await;
+    Ok(())
+}
+
+async fn attr_only(ctx: &Ctx<'_, '_>, h: &[u8]) -> Result<Attr, FsError> {
+    let n = ctx.node(h)?;
+    ctx.call.vfs.getattr(&n).await
+}
+
+async fn fsstat(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrResult<()> {
+    let h = handle_arg(d)?;
+    let r = attr_only(ctx, h).await;
+    let mut e = Encoder::new(out);
+    match r {
+        Ok(a) => {
+            // An object store has no fixed capacity: report a large,
+            // constant size so tools show something stable.
+            const PIB: u64 = 1 << 50;
+            e.u32(NFS3_OK);
+            post_op_attr(&mut e, ctx.fsid, Some(&a));
+            e.u64(PIB).u64(PIB).u64(PIB);
+            e.u64(1 << 40).u64(1 << 40).u64(1 << 40);
+            e.u32(0);
+        }
+        Err(err) => {
+            e.u32(status_of(&err)).bool(false);
+        }
+    }
+    Ok(())
+}
+
+async fn fsinfo(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrResult<()> {
+    let h = handle_arg(d)?;
+    let r = attr_only(ctx, h).await;
+    let mut e = Encoder::new(out);
+    match r {
+        Ok(a) => {
+            const FSF3_HOMOGENEOUS: u32 = 0x08;
+            const FSF3_CANSETTIME: u32 = 0x10;
+            e.u32(NFS3_OK);
+            post_op_attr(&mut e, ctx.fsid, Some(&a));
+            e.u32(IO_BYTES_MAX).u32(IO_BYTES_MAX).u32(4096);
+            e.u32(IO_BYTES_MAX).u32(IO_BYTES_MAX).u32(4096);
+            e.u32(DTPREF);
+            e.u64(u64::MAX >> 1);
+            e.u32(0).u32(1);
+            e.u32(FSF3_HOMOGENEOUS | FSF3_CANSETTIME);
+        }
+        Err(err) => {
+            e.u32(status_of(&err)).bool(false);
+        }
+    }
+    Ok(())
+}
+
+async fn pathconf(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrResult<()> {
+    let h = handle_arg(d)?;
+    let r = attr_only(ctx, h).await;
+    let mut e = Encoder::new(out);
+    match r {
+        Ok(a) => {
+            e.u32(NFS3_OK);
+            post_op_attr(&mut e, ctx.fsid, Some(&a));
+            e.u32(1).u32(crate::vfs::NAME_BYTES_MAX as u32);
+            e.bool(true).bool(true).bool(false).bool(true);
+        }
+        Err(err) => {
+            e.u32(status_of(&err)).bool(false);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! Server assembly: the store, the handle table and the vfs, shared by one
+//! pinned worker thread per core. Each worker runs a tokio current-thread
+//! runtime with its own io_uring and its own SO_REUSEPORT listener, so the
+//! kernel spreads connections over the cores and a connection never leaves
+//! the core that accepted it.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::{watch, Notify};
+
+use crate::config::{Config, Source, RECV_BUFFER_BYTES};
+use crate::io::{cpu, net::Listener, ring::Ring};
+use crate::nfs::mount::MountTable;
+use crate::rpc::conn::{self, ConnLimits};
+use crate::rpc::Services;
+use crate::store::{dir::DirStore, ObjectStore};
+use crate::vfs::handles::{HandleError, HandleTable};
+use crate::vfs::Vfs;
+
+/// How long shutdown waits for connections to finish their calls.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed accept (e.g. out of descriptors) before retrying.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("source directory {path}: {source}")]
+    Source {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Handles(#[from] HandleError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("worker {index}: {message}")]
+    Worker { index: usize, message: String },
+}
+
+/// A running gateway.
+pub struct Server {
+    local_addr: SocketAddr,
+    services: Arc<Services>,
+    shutdown: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(config: &Config) -> Result<Server, ServerError> {
+        let store: Arc<dyn ObjectStore> = match &config.source {
+            Source::Dir(p) => {
+                Arc::new(DirStore::open(p).map_err(|source| ServerError::Source {
+                    path: p.display().to_string(),
+                    source,
+                })?)
+            }
+        };
+        let handles = HandleTable::open(&config.state_dir, &config.source.describe())?;
+        let services = Arc::new(Services {
+            vfs: Vfs::new(store, handles, config.meta_ttl),
+            mounts: MountTable::default(),
+        });
+
+        let first = Listener::bind(config.listen).map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let local_addr = first.local_addr().map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let mut listeners = vec![first];
+        for _ in 1..config.workers {
+            listeners.push(
+                Listener::bind(local_addr).map_err(|source| ServerError::Listen {
+                    addr: local_addr,
+                    source,
+                })?,
+            );
+        }
+
+        let cpus = cpu::allowed_cpus().unwrap_or_default();
+        let limits = ConnLimits {
+            record_bytes_max: config.record_bytes_max,
+            calls_in_flight_max: config.calls_in_flight_max,
+            recv_buffer_bytes: RECV_BUFFER_BYTES,
+        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut workers = Vec::new();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
+            let w = Worker {
+                index,
+                cpu,
+                listener,
+                services: services.clone(),
+                limits,
+                connections_max: config.connections_per_worker_max,
+                shutdown: shutdown_rx.clone(),
+            };
+            let ready = ready_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("tidegate-w{index}"))
+                .spawn(move || w.run(ready))
+                .map_err(|e| ServerError::Worker {
+                    index,
+                    message: e.to_string(),
+                })?;
+            workers.push(handle);
+        }
+        drop(ready_tx);
+        let mut server = Server {
+            local_addr,
+            services,
+            shutdown,
+            workers,
+        };
+        for _ in 0..server.workers.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err((index, message))) => {
+                    server.stop();
+                    return Err(ServerError::Worker { index, message });
+                }
+                Err(_) => {
+                    server.stop();
+                    return Err(ServerError::Worker {
+                        index: 0,
+                        message: "worker exited during start-up".into(),
+                    });
+                }
+            }
+        }
+        tracing::info!(
+            addr = %local_addr,
+            workers = server.workers.len(),
+            source = %server.services.vfs.store().describe(),
+            "serving NFSv3 and MOUNTv3"
+        );
+        Ok(server)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Make handle ids handed out so far durable.
+    pub fn flush(&self) -> Result<(), HandleError> {
+        self.services.vfs.handles().flush()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for w in self.workers.drain(..) {
+            if w.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+    }
+
+    /// Stop accepting, let connections finish their calls, flush state.
+    pub fn shutdown(mut self) -> Result<(), HandleError> {
+        self.stop();
+        self.flush()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Worker {
+    index: usize,
+    cpu: Option<usize>,
+    listener: Listener,
+    services: Arc<Services>,
+    limits: ConnLimits,
+    connections_max: usize,
+    shutdown: watch::Receiver<bool>,
+}
+
+type Ready = std::sync::mpsc::Sender<Result<(), (usize, String)>>;
+
+impl Worker {
+    fn run(self, ready: Ready) {
+        let index = self.index;
+        if let Some(cpu) = self.cpu {
+            if let Err(e) = cpu::pin_current_thread(cpu) {
+                tracing::warn!(worker = index, cpu, error = %e, "could not pin worker");
+            }
+        }
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready.send(Err((index, format!("runtime: {e}"))));
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, self.serve(ready));
+    }
+
+    async fn serve(self, ready: Ready) {
+        let ring = match Ring::start() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = ready.send(Err((self.index, format!("io_uring setup: {e}"))));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        drop(ready);
+        tracing::debug!(worker = self.index, cpu = ?self.cpu, "worker ready");
+        let active = Rc::new(Cell::new(0usize));
+        let idle = Rc::new(Notify::new());
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let accepted = tokio::select! {
+                r = self.listener.accept(&ring) => r,
+                _ = shutdown.changed() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(worker = self.index, error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            };
+            if active.get() >= self.connections_max {
+                tracing::warn!(
+                    ?peer,
+                    limit = self.connections_max,
+                    "too many connections; refusing"
+                );
+                stream.shutdown();
+                continue;
+            }
+            tracing::debug!(worker = self.index, ?peer, "connection");
+            active.set(active.get() + 1);
+            let (ring, services, active, idle) = (
+                ring.clone(),
+                self.services.clone(),
+                active.clone(),
+                idle.clone(),
+            );
+            let (limits, shutdown) = (self.limits, self.shutdown.clone());
+            tokio::task::spawn_local(async move {
+                conn::serve(ring, stream, peer, services, limits, shutdown).await;
+                active.set(active.get() - 1);
+                if active.get() == 0 {
+                    idle.notify_one();
+                }
+            });
+        }
+        if active.get() > 0 {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, idle.notified()).await;
+        }
+        let stats = ring.stats();
+        tracing::debug!(
+            worker = self.index,
+            submitted = stats.submitted_ops,
+            completed = stats.completed_ops,
+            "worker stopped"
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! Object stores: the storage of record behind the gateway.
+//!
+//! The [`ObjectStore`] trait is shaped after S3 (flat keys, `/`-delimited
+//! listings in key order with continuation tokens, ranged reads), so every
+//! backend — a local directory standing in for a bucket, S3 itself, or the
+//! in-memory store used by unit tests — answers the same questions and the
+//! namespace layer above never needs to know which one it talks to.
+
+pub mod dir;
+pub mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use thiserror::Error;
+
+/// A boxed future returned by store operations.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Keys per LIST page that callers should ask for (S3's own maximum).
+pub const LIST_PAGE_KEYS_MAX: u32 = 1000;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("no such object: {key}")]
+    NotFound { key: String },
+    #[error("{op} {key}: {source}")]
+    Io {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("key {key:?} is not valid for this store: {why}")]
+    InvalidKey { key: String, why: &'static str },
+}
+
+/// What a HEAD or a LIST says about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// Opaque version tag; changes whenever the content changes.
+    pub etag: String,
+    pub mtime: SystemTime,
+}
+
+/// One page of a delimited listing, in key order.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<ObjectMeta>,
+    /// Common prefixes, each ending with the delimiter.
+    pub prefixes: Vec<String>,
+    /// Pass back to continue; `None` on the last page.
+    pub next_token: Option<String>,
+}
+
+pub trait ObjectStore: Send + Sync + 'static {
+    /// A short description for logs (`dir:/data`, `s3://bucket/prefix`).
+    fn describe(&self) -> String;
+
+    /// Metadata of one object.
+    fn head<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ObjectMeta>;
+
+    /// Whether any key starts with `prefix` (which ends with `/`), or a
+    /// directory marker exists for it.
+    fn prefix_exists<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, bool>;
+
+    /// List keys under `prefix` with `/` as delimiter, starting after the
+    /// continuation `token` of the previous page.
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        token: Option<&'a str>,
+        max_keys: u32,
+    ) -> StoreFuture<'a, ListPage>;
+
+    /// Read bytes of `key` starting at `offset` into `buf`; returns how many
+    /// were read (fewer than `buf.len()` only at the end of the object).
+    fn get_range<'a>(
+        &'a self,
+        key: &'a str,
+        offset: u64,
+        buf: &'a mut [u8],
+    ) -> StoreFuture<'a, usize>;
+}
+
+#[cfg(test)]
+pub(crate) mod conformance {
+    //! One test body run against every backend.
+    use super::*;
+
+    /// Expects the store to hold exactly: `a.txt` ("hello"), `d/x` (3
+    /// bytes "xyz"), `d/y/z` (empty) and nothing else.
+    pub async fn basic_layout(store: &dyn ObjectStore) {
+        let root = store.list("", None, 1000).await.unwrap();
+        let keys: Vec<_> = root.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, vec!["a.txt"]);
+        assert_eq!(root.prefixes, vec!["d/".to_string()]);
+        assert!(root.next_token.is_none());
+
+        let d = store.list("d/", None, 1000).await.unwrap();
+        assert_eq!(d.objects.len(), 1);
+        assert_eq!(d.objects[0].key, "d/x");
+        assert_eq!(d.objects[0].size, 3);
+        assert_eq!(d.prefixes, vec!["d/y/".to_string()]);
+
+        let meta = store.head("a.txt").await.unwrap();
+        assert_eq!(meta.size, 5);
+        assert!(matches!(
+            store.head("missing").await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(store.prefix_exists("d/y/").await.unwrap());
+        assert!(!store.prefix_exists("nope/").await.unwrap());
+
+        let mut buf = [0u8; 8];
+        let n = store.get_range("a.txt", 1, &mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"ello");
+        let n = store.get_range("a.txt", 5, &mut buf).await.unwrap();
+        assert_eq!(n, 0);
+        let n = store.get_range("a.txt", 99, &mut buf).await.unwrap();
+        assert_eq!(n, 0);
+        let n = store.get_range("d/y/z", 0, &mut buf).await.unwrap();
+        assert_eq!(n, 0);
+    }
+
+    /// Paging: with `n` files `f00000..` under `many/`, pages of `page`
+    /// keys visit each exactly once, in order.
+    pub async fn paging(store: &dyn ObjectStore, n: usize, page: u32) {
+        let mut token: Option<String> = None;
+        let mut seen = Vec::new();
+        for _ in 0..=(n / page as usize + 1) {
+            let p = store.list("many/", token.as_deref(), page).await.unwrap();
+            assert!(p.objects.len() <= page as usize);
+            seen.extend(p.objects.into_iter().map(|o| o.key));
+            token = p.next_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        assert!(token.is_none(), "listing did not finish");
+        let want: Vec<_> = (0..n).map(|i| format!("many/f{i:05}")).collect();
+        assert_eq!(seen, want);
+    }
+}

@@ -1,0 +1,39 @@
+//! Protocol-neutral file system errors. Each protocol maps them to its
+//! status codes in one table (`nfs::v3::status_of`).
+
+use thiserror::Error;
+
+use super::handles::HandleError;
+use crate::store::StoreError;
+
+#[derive(Debug, Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("name longer than 255 bytes")]
+    NameTooLong,
+    #[error("invalid name: {0}")]
+    InvalidName(&'static str),
+    #[error("file handle is malformed")]
+    BadHandle,
+    #[error("file handle no longer names an object")]
+    Stale,
+    #[error("directory cookie is not valid for this directory")]
+    BadCookie,
+    #[error("the export is read-only")]
+    ReadOnly,
+    #[error("operation not supported")]
+    NotSupported,
+    #[error("directory has more than {0} entries")]
+    TooManyEntries(usize),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Handles(#[from] HandleError),
+}
+
+pub type FsResult<T> = Result<T, FsError>;

@@ -1,0 +1,305 @@
+//! The `tidegate` server process under test.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::workspace_root;
+
+/// How long a freshly started server may take to accept a TCP connection.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a server may take to exit after SIGTERM.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Worker threads the tests ask for (the machine has two cores).
+pub const WORKERS: u32 = 2;
+
+/// The `tidegate` binary: `$TIDEGATE_BIN`, else `target/release/tidegate`,
+/// else `target/debug/tidegate` (under `$CARGO_TARGET_DIR` when set).
+/// Panics with a clear message when none exists: the tests never skip.
+pub fn tidegate_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TIDEGATE_BIN") {
+        let mut p = PathBuf::from(p);
+        if p.is_relative() && !p.exists() {
+            p = workspace_root().join(p);
+        }
+        assert!(
+            p.is_file(),
+            "TIDEGATE_BIN={} does not name a file; build the server first (cargo build --release -p tidegate)",
+            p.display()
+        );
+        return p;
+    }
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) => {
+            let t = PathBuf::from(t);
+            if t.is_relative() {
+                workspace_root().join(t)
+            } else {
+                t
+            }
+        }
+        None => workspace_root().join("target"),
+    };
+    let candidates = [target.join("release/tidegate"), target.join("debug/tidegate")];
+    for c in &candidates {
+        if c.is_file() {
+            return c.clone();
+        }
+    }
+    panic!(
+        "tidegate binary not found (looked at $TIDEGATE_BIN, {} and {}); \
+         build it with `cargo build --release -p tidegate` or run the suite with `cargo xtask test`",
+        candidates[0].display(),
+        candidates[1].display()
+    );
+}
+
+/// A loopback port that was free a moment ago. The listener is dropped
+/// before returning, so another process can take the port in between: the
+/// caller retries on "address in use" (see [`Server::start`]).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// A running `tidegate serve` process. SIGTERM then SIGKILL on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub source_dir: PathBuf,
+    pub state_dir: PathBuf,
+    stderr_path: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Start `tidegate serve SOURCE --listen 127.0.0.1:PORT --workers 2
+    /// --state-dir STATE` and wait until it accepts TCP connections.
+    pub fn start(source_dir: &Path, state_dir: &Path) -> Server {
+        Self::try_start(source_dir, state_dir, &[]).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// As [`Server::start`], with extra command-line arguments.
+    pub fn start_with_args(source_dir: &Path, state_dir: &Path, extra: &[&str]) -> Server {
+        Self::try_start(source_dir, state_dir, extra).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    pub fn try_start(source_dir: &Path, state_dir: &Path, extra: &[&str]) -> Result<Server> {
+        let bin = tidegate_bin();
+        let mut last_err = None;
+        // A few attempts: the port picked by free_port can be taken by
+        // another test's process before the server binds it.
+        for _attempt in 0..4 {
+            let port = free_port();
+            let log_dir = tempfile::Builder::new().prefix("tidegate-log-").tempdir()?;
+            let stderr_path = log_dir.path().join("stderr.log");
+            let stderr_file = File::create(&stderr_path)?;
+            let mut cmd = Command::new(&bin);
+            cmd.arg("serve")
+                .arg(source_dir)
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--workers")
+                .arg(WORKERS.to_string())
+                .arg("--state-dir")
+                .arg(state_dir)
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(stderr_file));
+            if std::env::var_os("RUST_LOG").is_none() {
+                cmd.env("RUST_LOG", "info");
+            }
+            let child = cmd.spawn().with_context(|| format!("spawn {}", bin.display()))?;
+            let mut server = Server {
+                child: Some(child),
+                port,
+                source_dir: source_dir.to_path_buf(),
+                state_dir: state_dir.to_path_buf(),
+                stderr_path,
+                _log_dir: log_dir,
+            };
+            match server.wait_ready() {
+                Ok(()) => return Ok(server),
+                Err(e) => {
+                    let log = server.stderr_text();
+                    let in_use = log.contains("in use") || log.contains("AddrInUse");
+                    last_err = Some(e);
+                    if !in_use {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_err.unwrap())
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let addr = self.addr();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
+                bail!(
+                    "tidegate exited during start-up with {status} (port {}); stderr:\n{}",
+                    self.port,
+                    self.stderr_text()
+                );
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "tidegate did not accept connections on {addr} within {READY_TIMEOUT:?}; stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server already stopped").id()
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = File::open(&self.stderr_path) {
+            let mut bytes = Vec::new();
+            let _ = f.read_to_end(&mut bytes);
+            s = String::from_utf8_lossy(&bytes).into_owned();
+        }
+        // Keep failure messages readable.
+        const KEEP: usize = 20_000;
+        if s.len() > KEEP {
+            let mut cut = s.len() - KEEP;
+            while !s.is_char_boundary(cut) {
+                cut += 1;
+            }
+            s = format!("[... {cut} bytes cut ...]\n{}", &s[cut..]);
+        }
+        s
+    }
+
+    /// Panics (with the server's stderr) when the process has exited.
+    pub fn assert_alive(&mut self, context: &str) {
+        let child = self.child.as_mut().expect("server already stopped");
+        match child.try_wait() {
+            Ok(None) => {}
+            Ok(Some(status)) => panic!(
+                "tidegate died ({status}) {context}; stderr:\n{}",
+                self.stderr_text()
+            ),
+            Err(e) => panic!("try_wait on tidegate failed: {e}"),
+        }
+    }
+
+    /// Resident set size of the server process, in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:").expect("read VmRSS of the server")
+    }
+
+    /// Peak resident set size of the server process, in KiB (VmHWM).
+    pub fn rss_peak_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:").expect("read VmHWM of the server")
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server already stopped");
+        signal(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) => {}
+                Err(e) => panic!("wait for tidegate: {e}"),
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "tidegate did not exit within {STOP_TIMEOUT:?} of SIGTERM; stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(None) = child.try_wait() {
+                signal(child.id(), libc::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) takes a pid and a signal number and touches no memory
+    // of ours; the pid is that of a child we have not reaped yet, so it
+    // cannot have been reused by another process.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// A `kB` field of /proc/PID/status.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// A source directory and a state directory in fresh temporary folders.
+pub struct Dirs {
+    pub root: tempfile::TempDir,
+    pub source: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Dirs {
+    pub fn new() -> Dirs {
+        let root = tempfile::Builder::new().prefix("tidegate-test-").tempdir().expect("tempdir");
+        let source = root.path().join("source");
+        let state = root.path().join("state");
+        std::fs::create_dir_all(&source).expect("mkdir source");
+        std::fs::create_dir_all(&state).expect("mkdir state");
+        Dirs { root, source, state }
+    }
+
+    /// A scratch folder for client output, beside source and state.
+    pub fn scratch(&self) -> PathBuf {
+        let p = self.root.path().join("scratch");
+        std::fs::create_dir_all(&p).expect("mkdir scratch");
+        p
+    }
+}
+
+impl Default for Dirs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
