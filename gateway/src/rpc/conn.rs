@@ -75,6 +75,9 @@ pub async fn serve(
     let mut buf = Vec::with_capacity(limits.recv_buffer_bytes);
     let mut records = Vec::new();
     loop {
+        if *shutdown.borrow() {
+            break;
+        }
         buf.clear();
         let (r, b) = tokio::select! {
             r = stream.recv(&ring, buf) => r,
