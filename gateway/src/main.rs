@@ -77,7 +77,7 @@ struct ServeArgs {
     record_bytes_max: Option<usize>,
 
     /// Log filter (tracing EnvFilter syntax), e.g. info, debug, tidegate=trace
-    /// [env: TIDEGATE_LOG] [default: info]
+    /// [env: TIDEGATE_LOG, then RUST_LOG] [default: info]
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
 }
@@ -86,6 +86,7 @@ fn init_logging(filter: Option<&str>) {
     let filter = filter
         .map(str::to_owned)
         .or_else(|| std::env::var("TIDEGATE_LOG").ok())
+        .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info".to_string());
     let env = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
