@@ -2,10 +2,13 @@
 # Installs what the test suite needs on a Debian 12 machine (run as root):
 #   - libnfs-utils (nfs-ls, nfs-cat, nfs-cp) and libnfs-dev from apt;
 #   - fio rebuilt from Debian's source package with the nfs ioengine, installed
-#     as a single binary at /usr/local/lib/tidegate-tools/bin/fio. One local
-#     patch (fio-nfs-read-only-open.patch): fio 3.33's nfs engine opens every
-#     file read-write, so read jobs fail against read-only exports; the patch
-#     opens read-only when the job does not write;
+#     as a single binary at /usr/local/lib/tidegate-tools/bin/fio, with one
+#     local patch (fio-nfs-engine.patch) to fio 3.33's nfs engine:
+#       * it opened every file read-write, so read jobs failed against
+#         read-only exports; now read-only jobs open read-only;
+#       * getevents ignored `min`, so at the end of a job fio closed the file
+#         and unmounted with requests still in flight (spurious errors, and
+#         now and then a hang in the synchronous UMNT); now it waits for them;
 #   - cargo-nextest, when it is not already on PATH.
 # Idempotent: when everything is present it only checks and exits.
 set -euo pipefail
@@ -13,10 +16,10 @@ set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TOOLS_DIR="${TIDEGATE_TOOLS_DIR:-/usr/local/lib/tidegate-tools}"
 FIO_BIN="$TOOLS_DIR/bin/fio"
-FIO_PATCH="$SCRIPT_DIR/fio-nfs-read-only-open.patch"
+FIO_PATCH="$SCRIPT_DIR/fio-nfs-engine.patch"
 # Names the build recipe; bump it when the build changes so that existing
 # installs are rebuilt.
-FIO_RECIPE="debian-source+libnfs+read-only-open-1"
+FIO_RECIPE="debian-fio-3.33+libnfs+fio-nfs-engine.patch-1"
 FIO_STAMP="$FIO_BIN.recipe"
 NEXTEST_VERSION="0.9.143"
 

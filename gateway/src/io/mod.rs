@@ -6,6 +6,7 @@
 //! [`net::Stream`] and owned buffers, so registered buffers, O_DIRECT device
 //! reads and zero-copy sends can be added behind the same calls.
 
+pub mod buf;
 pub mod cpu;
 pub mod net;
 pub mod ring;

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::record::RecordAssembler;
 use super::{handle_record, Services};
+use crate::io::buf;
 use crate::io::net::{Stream, SEND_IOVECS_MAX};
 use crate::io::ring::Ring;
 
@@ -47,8 +48,9 @@ async fn writer(ring: Rc<Ring>, stream: Stream, mut rx: mpsc::UnboundedReceiver<
                 Err(_) => break,
             }
         }
-        let (r, _) = stream.send_all(&ring, std::mem::take(&mut batch)).await;
+        let (r, sent) = stream.send_all(&ring, std::mem::take(&mut batch)).await;
         permits.clear();
+        sent.into_iter().for_each(buf::give);
         if let Err(e) = r {
             tracing::debug!(error = %e, "send failed; closing connection");
             stream.shutdown();

@@ -6,6 +6,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::io::buf;
 use crate::nfs::fh::{self, FH_BYTES};
 use crate::nfs::xdr::{padded_len, Decoder, Encoder, XdrResult};
 use crate::rpc::{CallContext, ProcOutcome};
@@ -319,8 +320,13 @@ async fn read(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrR
             return Ok(());
         }
     };
+    // Build the reply in a pooled buffer: the data lands right behind the
+    // header without a zero-fill or a fresh allocation.
     let base = out.len();
-    out.resize(base + READ_HEADER_BYTES + padded_len(count), 0);
+    let mut pooled = buf::take(base + READ_HEADER_BYTES + padded_len(count));
+    pooled.set_len_uninit_free(base + READ_HEADER_BYTES + padded_len(count));
+    pooled.vec()[..base].copy_from_slice(out);
+    *out = pooled.into_vec();
     let r = ctx
         .call
         .vfs

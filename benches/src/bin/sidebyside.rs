@@ -1,0 +1,892 @@
+//! Side-by-side benchmark: tidegate and NFS-Ganesha serving the same file,
+//! measured with the same fio jobs in the same run.
+//!
+//! Steps: make (or reuse) a file of random bytes under `target/bench/`;
+//! create a network namespace with only `lo`; start rpcbind and Ganesha
+//! (FSAL VFS, NFSv3) and tidegate inside it; read the file once through
+//! each server; then run every job in `benches/fio/` against each server,
+//! and print MiB/s, IOPS and completion-latency percentiles with the
+//! tidegate/Ganesha ratio. Results also go to
+//! `target/bench/results-<UTC timestamp>.json`.
+//!
+//! Every fio run is checked against the namespace's `lo` byte counter: the
+//! bytes that crossed the loopback device during the run must cover what
+//! fio says it read, so a run that "reads" nothing cannot look fast.
+
+use std::env;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+
+use tidegate_benches::fio::{self, ReadStats};
+use tidegate_benches::json::{object, Value};
+use tidegate_benches::sandbox::{self, Sandbox};
+
+const USAGE: &str = "\
+sidebyside: tidegate vs NFS-Ganesha over NFSv3 with fio's nfs engine
+
+Usage: sidebyside [OPTIONS]   (as root; usually via `cargo xtask bench [OPTIONS]`)
+
+Options:
+  --runtime-secs N      measured seconds per job and server [default: 20]
+  --ramp-secs N         unmeasured warm-up seconds before each job [default: 5]
+  --size-mib N          size of the random test file in MiB [default: 1024]
+  --only SERVER         run one server only: tidegate | ganesha
+  --workers N           pass --workers N to tidegate [default: its own]
+  --work-dir DIR        data, logs and results [default: <workspace>/target/bench]
+  --tidegate-bin PATH   [default: $TIDEGATE_BIN, else <workspace>/target/release/tidegate]
+  --fio PATH            fio built with the nfs engine
+                        [default: $TIDEGATE_FIO, else /usr/local/lib/tidegate-tools/bin/fio]
+  -h, --help            print this text
+
+Jobs (benches/fio/*.fio): sequential 1 MiB reads at iodepth 16, random 4 KiB
+reads at iodepth 32, each over the whole file, one NFS connection.
+";
+
+const DEFAULT_FIO: &str = "/usr/local/lib/tidegate-tools/bin/fio";
+/// tidegate's port inside the namespace (MOUNT and NFS share it).
+const TIDEGATE_PORT: u16 = 20490;
+/// The jobs, in the order they run and are reported.
+const JOBS: &[(&str, &str)] = &[
+    ("seq-read-1m", "seq-read-1m.fio"),
+    ("rand-read-4k", "rand-read-4k.fio"),
+];
+/// How long a server may take to answer its first listing.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Extra time allowed to a fio run beyond its runtime and ramp.
+const FIO_SLACK: Duration = Duration::from_secs(120);
+/// Bytes read per step while generating the random file.
+const GEN_CHUNK_BYTES: usize = 1 << 20;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Server {
+    Ganesha,
+    Tidegate,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Ganesha => "ganesha",
+            Server::Tidegate => "tidegate",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Server::Ganesha => "Ganesha",
+            Server::Tidegate => "tidegate",
+        }
+    }
+
+    /// libnfs URL of the export root; fio mounts it and opens the file.
+    fn export_url(self) -> String {
+        match self {
+            Server::Ganesha => "nfs://127.0.0.1/?version=3".to_owned(),
+            Server::Tidegate => format!(
+                "nfs://127.0.0.1/?nfsport={TIDEGATE_PORT}&mountport={TIDEGATE_PORT}&version=3"
+            ),
+        }
+    }
+}
+
+struct Options {
+    runtime_secs: u64,
+    ramp_secs: u64,
+    size_mib: u64,
+    servers: Vec<Server>,
+    workers: Option<u32>,
+    work_dir: PathBuf,
+    tidegate_bin: PathBuf,
+    fio: PathBuf,
+}
+
+fn workspace_root() -> PathBuf {
+    // benches/ sits directly under the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn parse_args() -> Result<Option<Options>> {
+    let root = workspace_root();
+    let mut opts = Options {
+        runtime_secs: 20,
+        ramp_secs: 5,
+        size_mib: 1024,
+        servers: vec![Server::Ganesha, Server::Tidegate],
+        workers: None,
+        work_dir: root.join("target/bench"),
+        tidegate_bin: env::var_os("TIDEGATE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target/release/tidegate")),
+        fio: env::var_os("TIDEGATE_FIO")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_FIO)),
+    };
+    let mut args = env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || -> Result<String> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => args.next().with_context(|| format!("{flag} needs a value")),
+            }
+        };
+        match flag.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            "--runtime-secs" => opts.runtime_secs = parse_num(&flag, &value()?, 1)?,
+            "--ramp-secs" => opts.ramp_secs = parse_num(&flag, &value()?, 0)?,
+            "--size-mib" => opts.size_mib = parse_num(&flag, &value()?, 1)?,
+            "--workers" => opts.workers = Some(parse_num(&flag, &value()?, 1)? as u32),
+            "--work-dir" => opts.work_dir = PathBuf::from(value()?),
+            "--tidegate-bin" => opts.tidegate_bin = PathBuf::from(value()?),
+            "--fio" => opts.fio = PathBuf::from(value()?),
+            "--only" => {
+                opts.servers = match value()?.as_str() {
+                    "tidegate" => vec![Server::Tidegate],
+                    "ganesha" => vec![Server::Ganesha],
+                    other => bail!("--only takes tidegate or ganesha, not {other:?}"),
+                }
+            }
+            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
+        }
+    }
+    Ok(Some(opts))
+}
+
+fn parse_num(flag: &str, text: &str, min: u64) -> Result<u64> {
+    let n: u64 = text
+        .parse()
+        .with_context(|| format!("{flag}: not a number: {text:?}"))?;
+    if n < min {
+        bail!("{flag} must be at least {min}");
+    }
+    Ok(n)
+}
+
+fn main() {
+    sandbox::install_signal_handlers();
+    match run() {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(err) => {
+            eprintln!("sidebyside: error: {err:#}");
+            std::process::exit(if sandbox::interrupted() { 130 } else { 1 });
+        }
+    }
+}
+
+/// One measured (job, server) cell.
+struct Cell {
+    job: &'static str,
+    server: Server,
+    outcome: Result<Measured, String>,
+}
+
+struct Measured {
+    stats: ReadStats,
+    lo_bytes: u64,
+}
+
+/// Returns whether every run succeeded.
+fn run() -> Result<bool> {
+    let Some(opts) = parse_args()? else {
+        return Ok(true);
+    };
+    if !sandbox::is_root() {
+        bail!("must run as root (network namespaces)");
+    }
+    check_tools(&opts)?;
+
+    let stamp = utc_stamp(SystemTime::now());
+    let run_dir = opts.work_dir.join(format!("run-{stamp}"));
+    fs::create_dir_all(&run_dir).with_context(|| format!("create {}", run_dir.display()))?;
+    let size_bytes = opts.size_mib << 20;
+    let data_dir = opts.work_dir.join(format!("data-{}MiB", opts.size_mib));
+    let file_name = "random.bin";
+    ensure_random_file(&data_dir, file_name, size_bytes)?;
+
+    let mut sb = Sandbox::create()?;
+    println!("network namespace {} (lo only)", sb.name());
+    let mut fio_version = String::new();
+    let tidegate_state = run_dir.join("tidegate-state");
+
+    for &server in &opts.servers {
+        match server {
+            Server::Ganesha => start_ganesha(&mut sb, &run_dir, &data_dir)?,
+            Server::Tidegate => {
+                start_tidegate(&mut sb, &opts, &run_dir, &data_dir, &tidegate_state)?
+            }
+        }
+        wait_ready(&mut sb, server, file_name, &run_dir)?;
+        println!("{}: serving {}", server.title(), data_dir.display());
+    }
+
+    // One full sequential pass through each server: afterwards both serve
+    // from memory (Ganesha from the page cache, tidegate from its cache).
+    for &server in &opts.servers {
+        let t = Instant::now();
+        let m = warm(&sb, &opts, server, file_name, size_bytes, &run_dir)?;
+        println!(
+            "{}: warm-up read {} MiB in {:.1}s ({:.0} MiB/s, {} MiB on lo)",
+            server.title(),
+            m.stats.io_bytes >> 20,
+            t.elapsed().as_secs_f64(),
+            m.stats.mib_per_s(),
+            m.lo_bytes >> 20
+        );
+    }
+
+    let mut cells = Vec::new();
+    for &(job, job_file) in JOBS {
+        for &server in &opts.servers {
+            sandbox::check_interrupted()?;
+            print!(
+                "running {job} against {} ({}s + {}s ramp) ... ",
+                server.title(),
+                opts.runtime_secs,
+                opts.ramp_secs
+            );
+            let _ = std::io::stdout().flush();
+            let outcome = measure(
+                &mut sb, &opts, server, job, job_file, file_name, size_bytes, &run_dir,
+            )
+            .map(|(m, version)| {
+                fio_version = version;
+                m
+            });
+            match &outcome {
+                Ok(m) => println!("{:.1} MiB/s, {:.0} IOPS", m.stats.mib_per_s(), m.stats.iops),
+                Err(err) => {
+                    sandbox::check_interrupted()?;
+                    println!("FAILED: {err:#}");
+                }
+            }
+            cells.push(Cell {
+                job,
+                server,
+                outcome: outcome.map_err(|e| format!("{e:#}")),
+            });
+        }
+    }
+    drop(sb);
+    let _ = fs::remove_dir_all(&tidegate_state);
+
+    println!();
+    print_table(&opts, &cells, &fio_version);
+    let results_path = opts.work_dir.join(format!("results-{stamp}.json"));
+    let doc = results_json(&opts, &cells, &fio_version, &stamp, &run_dir);
+    fs::write(&results_path, doc.to_json_pretty())
+        .with_context(|| format!("write {}", results_path.display()))?;
+    println!("\nresults: {}", results_path.display());
+    println!("logs:    {}", run_dir.display());
+
+    Ok(cells.iter().all(|c| c.outcome.is_ok()))
+}
+
+fn check_tools(opts: &Options) -> Result<()> {
+    let mut missing = Vec::new();
+    for tool in ["ip", "nfs-ls", "unshare"] {
+        if find_in_path(tool).is_none() {
+            missing.push(tool.to_owned());
+        }
+    }
+    if opts.servers.contains(&Server::Ganesha) {
+        for tool in ["rpcbind", "ganesha.nfsd"] {
+            if find_in_path(tool).is_none() {
+                missing.push(tool.to_owned());
+            }
+        }
+    }
+    if !opts.fio.is_file() {
+        missing.push(format!("fio with the nfs engine ({})", opts.fio.display()));
+    }
+    if opts.servers.contains(&Server::Tidegate) && !opts.tidegate_bin.is_file() {
+        missing.push(format!(
+            "tidegate ({}; build it with cargo build --release -p tidegate, or use --only ganesha)",
+            opts.tidegate_bin.display()
+        ));
+    }
+    if !missing.is_empty() {
+        bail!(
+            "missing: {} (xtask/scripts/install-bench-deps.sh installs the tools)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn find_in_path(tool: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Creates `dir/name` with `size` random bytes unless it already has that
+/// size. Random so that nothing on the path can compress or dedupe it.
+fn ensure_random_file(dir: &Path, name: &str, size: u64) -> Result<()> {
+    let path = dir.join(name);
+    if let Ok(meta) = fs::metadata(&path) {
+        if meta.len() == size {
+            println!("test file: {} ({} MiB, reused)", path.display(), size >> 20);
+            return Ok(());
+        }
+    }
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let partial = dir.join(format!(".{name}.partial"));
+    println!(
+        "test file: writing {} MiB of random bytes to {}",
+        size >> 20,
+        path.display()
+    );
+    let mut rng = File::open("/dev/urandom").context("open /dev/urandom")?;
+    let mut out =
+        File::create(&partial).with_context(|| format!("create {}", partial.display()))?;
+    let mut buf = vec![0u8; GEN_CHUNK_BYTES];
+    let mut left = size;
+    while left > 0 {
+        sandbox::check_interrupted()?;
+        let n = left.min(buf.len() as u64) as usize;
+        rng.read_exact(&mut buf[..n]).context("read /dev/urandom")?;
+        out.write_all(&buf[..n])
+            .with_context(|| format!("write {}", partial.display()))?;
+        left -= n as u64;
+    }
+    out.sync_all()
+        .with_context(|| format!("fsync {}", partial.display()))?;
+    fs::rename(&partial, &path)
+        .with_context(|| format!("rename {} to {}", partial.display(), path.display()))?;
+    Ok(())
+}
+
+fn ganesha_config(data_dir: &Path, recovery_dir: &Path) -> String {
+    format!(
+        r#"# Generated by benches/src/bin/sidebyside.rs for one benchmark run.
+NFS_CORE_PARAM {{
+    # NFSv3 only, on the standard port, over TCP.
+    Protocols = 3;
+    NFS_Port = 2049;
+    # Let NFSv3 clients mount the pseudo path "/" (as with tidegate).
+    mount_path_pseudo = true;
+    # No lock manager or quota service: nothing here uses them.
+    Enable_NLM = false;
+    Enable_RQUOTA = false;
+}}
+
+NFSV4 {{
+    # Keep client-recovery state in the run directory, not /var/lib/nfs.
+    RecoveryRoot = "{recovery}";
+    Graceless = true;
+}}
+
+EXPORT {{
+    Export_Id = 1;
+    Path = "{data}";
+    Pseudo = /;
+    Access_Type = RO;
+    Squash = No_Root_Squash;
+    Protocols = 3;
+    Transports = TCP;
+    SecType = sys;
+    FSAL {{
+        Name = VFS;
+    }}
+}}
+
+LOG {{
+    Default_Log_Level = EVENT;
+}}
+"#,
+        recovery = recovery_dir.display(),
+        data = data_dir.display(),
+    )
+}
+
+/// Starts rpcbind and Ganesha in the namespace. Both get a private tmpfs on
+/// /run (rpcbind's socket, lock and warm-start files live there), so nothing
+/// collides with an rpcbind the host may run.
+fn start_ganesha(sb: &mut Sandbox, run_dir: &Path, data_dir: &Path) -> Result<()> {
+    let data_dir = fs::canonicalize(data_dir)
+        .with_context(|| format!("canonicalize {}", data_dir.display()))?;
+    let recovery = run_dir.join("ganesha-recovery");
+    fs::create_dir_all(&recovery).with_context(|| format!("create {}", recovery.display()))?;
+    let conf = run_dir.join("ganesha.conf");
+    fs::write(&conf, ganesha_config(&data_dir, &recovery))
+        .with_context(|| format!("write {}", conf.display()))?;
+    let script = r#"set -eu
+mount -t tmpfs -o mode=0755,size=16m tg-bench-run /run
+mkdir -p /run/rpcbind /run/ganesha
+chown _rpc /run/rpcbind 2>/dev/null || true
+rpcbind -w -f &
+i=0
+while [ ! -S /run/rpcbind.sock ]; do
+    i=$((i + 1))
+    if [ "$i" -gt 200 ]; then echo "rpcbind did not start" >&2; exit 1; fi
+    sleep 0.05
+done
+exec ganesha.nfsd -F -L "$1" -f "$2" -p "$3"
+"#;
+    let mut cmd = sb.command("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "bash",
+        "-c",
+        script,
+        "ganesha",
+    ])
+    .arg(run_dir.join("ganesha.log"))
+    .arg(&conf)
+    .arg(run_dir.join("ganesha.pid"));
+    sb.spawn_service(
+        Server::Ganesha.name(),
+        cmd,
+        &run_dir.join("ganesha.stdout.log"),
+    )
+}
+
+fn start_tidegate(
+    sb: &mut Sandbox,
+    opts: &Options,
+    run_dir: &Path,
+    data_dir: &Path,
+    state_dir: &Path,
+) -> Result<()> {
+    let _ = fs::remove_dir_all(state_dir);
+    fs::create_dir_all(state_dir).with_context(|| format!("create {}", state_dir.display()))?;
+    let mut cmd = sb.command(&opts.tidegate_bin);
+    cmd.arg("serve")
+        .arg(data_dir)
+        .args(["--listen", &format!("127.0.0.1:{TIDEGATE_PORT}")])
+        .arg("--state-dir")
+        .arg(state_dir);
+    if let Some(n) = opts.workers {
+        cmd.args(["--workers", &n.to_string()]);
+    }
+    sb.spawn_service(Server::Tidegate.name(), cmd, &run_dir.join("tidegate.log"))
+}
+
+/// Polls `nfs-ls` on the export root until it lists the test file.
+fn wait_ready(sb: &mut Sandbox, server: Server, file_name: &str, run_dir: &Path) -> Result<()> {
+    let log = match server {
+        Server::Ganesha => run_dir.join("ganesha.log"),
+        Server::Tidegate => run_dir.join("tidegate.log"),
+    };
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let alive = sb
+            .service_mut(server.name())
+            .context("service not started")?
+            .check_alive();
+        if let Err(err) = alive {
+            bail!(
+                "{err:#}; last lines of {}:\n{}",
+                log.display(),
+                sandbox::log_tail(&log, 20)
+            );
+        }
+        let mut cmd = sb.command("nfs-ls");
+        cmd.arg(server.export_url())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().context("start nfs-ls")?;
+        let out = wait_output(child, "nfs-ls", Duration::from_secs(10))?;
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(file_name) {
+            return Ok(());
+        }
+        let last_err = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        if Instant::now() >= deadline {
+            bail!(
+                "{} did not list {file_name} within {}s (last nfs-ls: {last_err}); last lines of {}:\n{}",
+                server.title(),
+                READY_TIMEOUT.as_secs(),
+                log.display(),
+                sandbox::log_tail(&log, 20)
+            );
+        }
+        sandbox::sleep_interruptible(Duration::from_millis(250))?;
+    }
+}
+
+/// Like `Child::wait_with_output`, but interruptible and bounded. Only for
+/// commands with small output (the pipes are drained after exit).
+fn wait_output(
+    mut child: std::process::Child,
+    what: &str,
+    timeout: Duration,
+) -> Result<std::process::Output> {
+    let status = sandbox::wait_child(&mut child, what, timeout)?;
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_end(&mut stdout);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_end(&mut stderr);
+    }
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Reads the whole file once through `server`.
+fn warm(
+    sb: &Sandbox,
+    opts: &Options,
+    server: Server,
+    file_name: &str,
+    size_bytes: u64,
+    run_dir: &Path,
+) -> Result<Measured> {
+    let out = run_dir.join(format!("fio-warm-{}.json", server.name()));
+    let mut cmd = sb.command(&opts.fio);
+    cmd.arg(format!("--name=warm-{}", server.name()))
+        .arg("--ioengine=nfs")
+        .arg(format!("--nfs_url={}", server.export_url()))
+        .arg(format!("--filename={file_name}"))
+        .arg(format!("--size={size_bytes}"))
+        .args(["--rw=read", "--bs=1M", "--iodepth=16"]);
+    let timeout = Duration::from_secs(600);
+    let (m, _) = run_fio(sb, cmd, &out, timeout)
+        .with_context(|| format!("warm-up read through {}", server.title()))?;
+    if m.stats.io_bytes != size_bytes {
+        bail!(
+            "warm-up read through {} moved {} bytes, expected {size_bytes}",
+            server.title(),
+            m.stats.io_bytes
+        );
+    }
+    Ok(m)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    sb: &mut Sandbox,
+    opts: &Options,
+    server: Server,
+    job: &str,
+    job_file: &str,
+    file_name: &str,
+    size_bytes: u64,
+    run_dir: &Path,
+) -> Result<(Measured, String)> {
+    let service = sb
+        .service_mut(server.name())
+        .context("service not started")?;
+    service.check_alive()?;
+    let job_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fio")
+        .join(job_file);
+    let out = run_dir.join(format!("fio-{job}-{}.json", server.name()));
+    let mut cmd = sb.command(&opts.fio);
+    cmd.arg(&job_path)
+        .env("TG_NFS_URL", server.export_url())
+        .env("TG_FILE", file_name)
+        .env("TG_SIZE", size_bytes.to_string())
+        .env("TG_RUNTIME", opts.runtime_secs.to_string())
+        .env("TG_RAMP", opts.ramp_secs.to_string());
+    let timeout = Duration::from_secs(opts.runtime_secs + opts.ramp_secs) + FIO_SLACK;
+    let result = run_fio(sb, cmd, &out, timeout)?;
+    if result.0.stats.io_bytes == 0 {
+        bail!("fio read nothing");
+    }
+    if let Some(service) = sb.service_mut(server.name()) {
+        service.check_alive()?;
+    }
+    Ok(result)
+}
+
+/// Runs fio with JSON output to `out`, and checks its exit status, its
+/// per-job error, and that the bytes on `lo` cover the bytes it read.
+fn run_fio(
+    sb: &Sandbox,
+    mut cmd: Command,
+    out: &Path,
+    timeout: Duration,
+) -> Result<(Measured, String)> {
+    let stderr_path = out.with_extension("stderr");
+    let stderr =
+        File::create(&stderr_path).with_context(|| format!("create {}", stderr_path.display()))?;
+    cmd.arg("--output-format=json")
+        .arg(format!("--output={}", out.display()))
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    let shown = sandbox::describe(&cmd);
+    let lo_before = sb.lo_tx_bytes()?;
+    let mut child = cmd.spawn().with_context(|| format!("start {shown}"))?;
+    let status = sandbox::wait_child(&mut child, "fio", timeout)?;
+    let lo_bytes = sb.lo_tx_bytes()?.saturating_sub(lo_before);
+    let errors = sandbox::log_tail(&stderr_path, 5);
+    if !status.success() {
+        bail!("fio failed ({status}): {errors}");
+    }
+    let text = fs::read_to_string(out).with_context(|| format!("read {}", out.display()))?;
+    let mut stats = fio::parse_read_stats(&text)?;
+    let stats = stats.remove(0);
+    if stats.error != 0 {
+        bail!(
+            "fio job {} ended with error {}: {errors}",
+            stats.job,
+            stats.error
+        );
+    }
+    if lo_bytes < stats.io_bytes {
+        bail!(
+            "fio reports {} bytes read but only {lo_bytes} bytes crossed lo",
+            stats.io_bytes
+        );
+    }
+    Ok((
+        Measured { stats, lo_bytes },
+        fio::version(&text).unwrap_or_default(),
+    ))
+}
+
+fn ratio(tidegate: f64, ganesha: f64) -> String {
+    if ganesha > 0.0 && tidegate.is_finite() {
+        format!("{:.2}x", tidegate / ganesha)
+    } else {
+        "-".to_owned()
+    }
+}
+
+fn print_table(opts: &Options, cells: &[Cell], fio_version: &str) {
+    println!(
+        "NFSv3 over loopback in a private namespace; client: {} nfs engine (libnfs), one connection per job",
+        if fio_version.is_empty() { "fio" } else { fio_version }
+    );
+    println!(
+        "file: {} MiB of random bytes, served from memory; {}s measured after {}s ramp per job and server",
+        opts.size_mib, opts.runtime_secs, opts.ramp_secs
+    );
+    println!();
+    let both = opts.servers.len() == 2;
+    let mut header = format!("{:<14} {:<16}", "job", "metric");
+    for s in &opts.servers {
+        header.push_str(&format!(" {:>12}", s.title()));
+    }
+    if both {
+        header.push_str(&format!(" {:>18}", "tidegate/Ganesha"));
+    }
+    println!("{header}");
+    println!("{}", "-".repeat(header.len()));
+    type Metric = (&'static str, fn(&ReadStats) -> f64, usize);
+    let metrics: [Metric; 4] = [
+        ("MiB/s", |s| s.mib_per_s(), 1),
+        ("IOPS", |s| s.iops, 0),
+        ("clat p50 (us)", |s| s.clat_us_p50, 0),
+        ("clat p99 (us)", |s| s.clat_us_p99, 0),
+    ];
+    for &(job, _) in JOBS {
+        for (i, (label, get, decimals)) in metrics.iter().enumerate() {
+            let mut line = format!("{:<14} {:<16}", if i == 0 { job } else { "" }, label);
+            let mut values = Vec::new();
+            for &server in &opts.servers {
+                let cell = cells.iter().find(|c| c.job == job && c.server == server);
+                let v = match cell.map(|c| &c.outcome) {
+                    Some(Ok(m)) => Some(get(&m.stats)),
+                    _ => None,
+                };
+                match v {
+                    Some(v) => line.push_str(&format!(" {:>12.*}", *decimals, v)),
+                    None => line.push_str(&format!(" {:>12}", "failed")),
+                }
+                values.push(v);
+            }
+            if both {
+                let r = match (values[0], values[1]) {
+                    (Some(g), Some(t)) => ratio(t, g),
+                    _ => "-".to_owned(),
+                };
+                line.push_str(&format!(" {r:>18}"));
+            }
+            println!("{line}");
+        }
+    }
+    if both {
+        println!();
+        println!(
+            "ratio > 1 means tidegate is higher: better for MiB/s and IOPS, worse for latency"
+        );
+    }
+    for c in cells {
+        if let Err(err) = &c.outcome {
+            println!("{} / {}: {err}", c.job, c.server.title());
+        }
+    }
+}
+
+fn results_json(
+    opts: &Options,
+    cells: &[Cell],
+    fio_version: &str,
+    stamp: &str,
+    run_dir: &Path,
+) -> Value {
+    let results = cells
+        .iter()
+        .map(|c| {
+            let mut members = vec![
+                ("job", Value::from(c.job)),
+                ("server", Value::from(c.server.name())),
+            ];
+            match &c.outcome {
+                Ok(m) => members.extend([
+                    ("ok", Value::Bool(true)),
+                    ("mib_per_s", Value::from(m.stats.mib_per_s())),
+                    ("iops", Value::from(m.stats.iops)),
+                    ("clat_us_mean", Value::from(m.stats.clat_us_mean)),
+                    ("clat_us_p50", Value::from(m.stats.clat_us_p50)),
+                    ("clat_us_p99", Value::from(m.stats.clat_us_p99)),
+                    ("io_bytes", Value::from(m.stats.io_bytes)),
+                    ("runtime_ms", Value::from(m.stats.runtime_ms)),
+                    ("lo_bytes", Value::from(m.lo_bytes)),
+                ]),
+                Err(err) => members.extend([
+                    ("ok", Value::Bool(false)),
+                    ("error", Value::from(err.as_str())),
+                ]),
+            }
+            object(members)
+        })
+        .collect();
+    let mut ratios = Vec::new();
+    for &(job, _) in JOBS {
+        let find = |server| {
+            cells
+                .iter()
+                .find(|c| c.job == job && c.server == server)
+                .and_then(|c| c.outcome.as_ref().ok())
+        };
+        if let (Some(g), Some(t)) = (find(Server::Ganesha), find(Server::Tidegate)) {
+            let r = |a: f64, b: f64| Value::from(if b > 0.0 { a / b } else { f64::NAN });
+            ratios.push(object([
+                ("job", Value::from(job)),
+                ("mib_per_s", r(t.stats.mib_per_s(), g.stats.mib_per_s())),
+                ("iops", r(t.stats.iops, g.stats.iops)),
+                ("clat_us_p50", r(t.stats.clat_us_p50, g.stats.clat_us_p50)),
+                ("clat_us_p99", r(t.stats.clat_us_p99, g.stats.clat_us_p99)),
+            ]));
+        }
+    }
+    object([
+        ("timestamp_utc", Value::from(stamp)),
+        ("fio_version", Value::from(fio_version)),
+        ("kernel", Value::from(kernel_release())),
+        ("cpus", Value::from(cpu_count())),
+        (
+            "params",
+            object([
+                ("runtime_secs", Value::from(opts.runtime_secs)),
+                ("ramp_secs", Value::from(opts.ramp_secs)),
+                ("size_mib", Value::from(opts.size_mib)),
+                (
+                    "servers",
+                    Value::Array(opts.servers.iter().map(|s| Value::from(s.name())).collect()),
+                ),
+                (
+                    "tidegate_workers",
+                    opts.workers
+                        .map_or(Value::Null, |n| Value::from(u64::from(n))),
+                ),
+            ]),
+        ),
+        ("run_dir", Value::from(run_dir.display().to_string())),
+        ("results", Value::Array(results)),
+        ("ratios_tidegate_over_ganesha", Value::Array(ratios)),
+    ])
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn cpu_count() -> u64 {
+    std::thread::available_parallelism().map_or(0, |n| n.get() as u64)
+}
+
+/// `YYYYMMDDTHHMMSSZ` in UTC.
+fn utc_stamp(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01, by counting 400-year
+/// eras of 146097 days that start on March 1st.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468; // days since 0000-03-01
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of March-based year
+    let mp = (5 * doy + 2) / 153; // month from March = 0
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(59), (1970, 3, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_782_896);
+        assert_eq!(utc_stamp(t), "20261127T123456Z");
+    }
+
+    #[test]
+    fn ganesha_config_names_export_and_protocol() {
+        let conf = ganesha_config(Path::new("/data"), Path::new("/run/rec"));
+        assert!(conf.contains("Path = \"/data\";"));
+        assert!(conf.contains("Protocols = 3;"));
+        assert!(conf.contains("NFS_Port = 2049;"));
+        assert!(conf.contains("Name = VFS;"));
+        assert!(conf.contains("RecoveryRoot = \"/run/rec\";"));
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(Server::Ganesha.export_url(), "nfs://127.0.0.1/?version=3");
+        assert_eq!(
+            Server::Tidegate.export_url(),
+            "nfs://127.0.0.1/?nfsport=20490&mountport=20490&version=3"
+        );
+    }
+}
