@@ -39,7 +39,10 @@ impl Default for Hasher {
 
 impl Hasher {
     pub fn new() -> Self {
-        Hasher { sha: Sha256::new(), len_bytes: 0 }
+        Hasher {
+            sha: Sha256::new(),
+            len_bytes: 0,
+        }
     }
 
     pub fn update(&mut self, bytes: &[u8]) {
@@ -48,7 +51,10 @@ impl Hasher {
     }
 
     pub fn finish(self) -> Fingerprint {
-        Fingerprint { len_bytes: self.len_bytes, sha256: self.sha.finalize().into() }
+        Fingerprint {
+            len_bytes: self.len_bytes,
+            sha256: self.sha.finalize().into(),
+        }
     }
 }
 
@@ -131,7 +137,8 @@ pub fn fresh_seed() -> u64 {
 /// 256 MiB file costs no more memory than a small one.
 pub fn write_random_file(path: &Path, len_bytes: u64, seed: u64) -> Result<Fingerprint> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("mkdir -p {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("mkdir -p {}", parent.display()))?;
     }
     let mut f = File::create(path).with_context(|| format!("create {}", path.display()))?;
     let mut rng = SplitMix64::new(seed);
@@ -142,7 +149,8 @@ pub fn write_random_file(path: &Path, len_bytes: u64, seed: u64) -> Result<Finge
         let n = left.min(buf.len() as u64) as usize;
         rng.fill(&mut buf[..n]);
         h.update(&buf[..n]);
-        f.write_all(&buf[..n]).with_context(|| format!("write {}", path.display()))?;
+        f.write_all(&buf[..n])
+            .with_context(|| format!("write {}", path.display()))?;
         left -= n as u64;
     }
     f.sync_all().ok();

@@ -53,7 +53,11 @@ impl Json {
 /// Parse the first JSON object in `text` (fio may print warnings before it).
 pub fn parse_first_object(text: &str) -> Result<Json> {
     let start = text.find('{').context("no JSON object in output")?;
-    let mut p = Parser { s: text[start..].as_bytes(), i: 0, depth: 0 };
+    let mut p = Parser {
+        s: &text.as_bytes()[start..],
+        i: 0,
+        depth: 0,
+    };
     p.value()
 }
 
@@ -72,7 +76,10 @@ impl Parser<'_> {
 
     fn peek(&mut self) -> Result<u8> {
         self.ws();
-        self.s.get(self.i).copied().context("unexpected end of JSON")
+        self.s
+            .get(self.i)
+            .copied()
+            .context("unexpected end of JSON")
     }
 
     fn expect(&mut self, c: u8) -> Result<()> {
@@ -106,7 +113,11 @@ impl Parser<'_> {
                                 self.i += 1;
                                 break;
                             }
-                            c => bail!("JSON: unexpected '{}' in object at byte {}", c as char, self.i),
+                            c => bail!(
+                                "JSON: unexpected '{}' in object at byte {}",
+                                c as char,
+                                self.i
+                            ),
                         }
                     }
                 }
@@ -126,7 +137,11 @@ impl Parser<'_> {
                                 self.i += 1;
                                 break;
                             }
-                            c => bail!("JSON: unexpected '{}' in array at byte {}", c as char, self.i),
+                            c => bail!(
+                                "JSON: unexpected '{}' in array at byte {}",
+                                c as char,
+                                self.i
+                            ),
                         }
                     }
                 }
@@ -138,11 +153,19 @@ impl Parser<'_> {
             b'n' => self.word("null", Json::Null)?,
             _ => {
                 let start = self.i;
-                while self.i < self.s.len() && matches!(self.s[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                while self.i < self.s.len()
+                    && matches!(
+                        self.s[self.i],
+                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
+                    )
+                {
                     self.i += 1;
                 }
                 let t = std::str::from_utf8(&self.s[start..self.i]).unwrap();
-                Json::Num(t.parse().with_context(|| format!("JSON: bad number {t:?} at byte {start}"))?)
+                Json::Num(
+                    t.parse()
+                        .with_context(|| format!("JSON: bad number {t:?} at byte {start}"))?,
+                )
             }
         };
         self.depth -= 1;

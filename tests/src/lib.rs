@@ -35,4 +35,5 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// The script that installs every external tool the tests use.
-pub const INSTALL_HINT: &str = "run xtask/scripts/install-test-deps.sh (or `cargo xtask test`, which runs it)";
+pub const INSTALL_HINT: &str =
+    "run xtask/scripts/install-test-deps.sh (or `cargo xtask test`, which runs it)";

@@ -179,7 +179,11 @@ impl<'a> XdrReader<'a> {
     }
 
     pub fn expect_end(&self) -> Result<()> {
-        ensure!(self.remaining() == 0, "XDR: {} trailing bytes", self.remaining());
+        ensure!(
+            self.remaining() == 0,
+            "XDR: {} trailing bytes",
+            self.remaining()
+        );
         Ok(())
     }
 }
@@ -198,7 +202,11 @@ impl Auth {
     pub fn sys() -> Auth {
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        Auth::Sys { uid, gid, machine: "tidegate-tests".to_string() }
+        Auth::Sys {
+            uid,
+            gid,
+            machine: "tidegate-tests".to_string(),
+        }
     }
 
     pub fn encode(&self, w: &mut XdrWriter) {
@@ -220,7 +228,14 @@ impl Auth {
 }
 
 /// The body of a CALL message (without record marking).
-pub fn encode_call(xid: u32, prog: u32, vers: u32, proc_: u32, cred: &Auth, args: &[u8]) -> Vec<u8> {
+pub fn encode_call(
+    xid: u32,
+    prog: u32,
+    vers: u32,
+    proc_: u32,
+    cred: &Auth,
+    args: &[u8],
+) -> Vec<u8> {
     let mut w = XdrWriter::new();
     w.u32(xid).u32(0).u32(2).u32(prog).u32(vers).u32(proc_);
     cred.encode(&mut w);
@@ -265,12 +280,18 @@ pub enum ReplyBody {
     /// MSG_ACCEPTED / SUCCESS with the procedure's results.
     Success(Vec<u8>),
     ProgUnavail,
-    ProgMismatch { low: u32, high: u32 },
+    ProgMismatch {
+        low: u32,
+        high: u32,
+    },
     ProcUnavail,
     GarbageArgs,
     SystemErr,
     /// MSG_DENIED / RPC_MISMATCH.
-    RpcMismatch { low: u32, high: u32 },
+    RpcMismatch {
+        low: u32,
+        high: u32,
+    },
     /// MSG_DENIED / AUTH_ERROR with its auth_stat.
     AuthError(u32),
 }
@@ -321,7 +342,8 @@ pub fn decode_reply(record: &[u8]) -> Result<Reply> {
         s => bail!("unknown reply_stat {s} (xid {xid:#x})"),
     };
     if !matches!(body, ReplyBody::Success(_)) {
-        r.expect_end().with_context(|| format!("error reply xid {xid:#x}"))?;
+        r.expect_end()
+            .with_context(|| format!("error reply xid {xid:#x}"))?;
     }
     Ok(Reply { xid, body })
 }
@@ -352,7 +374,11 @@ impl RpcConn {
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         stream.set_nodelay(true)?;
         let seed = crate::data::fresh_seed() as u32;
-        Ok(RpcConn { stream, next_xid: seed | 1, cred: Auth::sys() })
+        Ok(RpcConn {
+            stream,
+            next_xid: seed | 1,
+            cred: Auth::sys(),
+        })
     }
 
     pub fn next_xid(&mut self) -> u32 {
@@ -371,7 +397,9 @@ impl RpcConn {
         let mut record = Vec::new();
         loop {
             let mut mark = [0u8; 4];
-            self.stream.read_exact(&mut mark).context("read record mark")?;
+            self.stream
+                .read_exact(&mut mark)
+                .context("read record mark")?;
             let mark = u32::from_be_bytes(mark);
             let len = (mark & !LAST_FRAGMENT) as usize;
             ensure!(
@@ -380,7 +408,9 @@ impl RpcConn {
             );
             let start = record.len();
             record.resize(start + len, 0);
-            self.stream.read_exact(&mut record[start..]).context("read record fragment")?;
+            self.stream
+                .read_exact(&mut record[start..])
+                .context("read record fragment")?;
             if mark & LAST_FRAGMENT != 0 {
                 return Ok(record);
             }
@@ -398,7 +428,14 @@ impl RpcConn {
         self.call_as(&cred, prog, vers, proc_, args)
     }
 
-    pub fn call_as(&mut self, cred: &Auth, prog: u32, vers: u32, proc_: u32, args: &[u8]) -> Result<Reply> {
+    pub fn call_as(
+        &mut self,
+        cred: &Auth,
+        prog: u32,
+        vers: u32,
+        proc_: u32,
+        args: &[u8],
+    ) -> Result<Reply> {
         let xid = self.next_xid();
         let msg = encode_call(xid, prog, vers, proc_, cred, args);
         self.send_bytes(&frame(&msg))?;
@@ -409,7 +446,11 @@ impl RpcConn {
     /// client has one call in flight unless a test pipelines explicitly).
     pub fn wait_for(&mut self, xid: u32) -> Result<Reply> {
         let reply = self.recv_reply()?;
-        ensure!(reply.xid == xid, "reply xid {:#x} while waiting for {xid:#x}", reply.xid);
+        ensure!(
+            reply.xid == xid,
+            "reply xid {:#x} while waiting for {xid:#x}",
+            reply.xid
+        );
         Ok(reply)
     }
 
@@ -418,8 +459,9 @@ impl RpcConn {
         let _ = self.stream.shutdown(Shutdown::Write);
     }
 
-    /// Watch the connection for up to `within`: collect whatever the server
-    /// sends and report whether it closed.
+    /// Watch the connection for up to `within`: report the first complete
+    /// reply record the server sends, or that it closed, or that nothing
+    /// happened.
     pub fn aftermath(&mut self, within: Duration) -> Aftermath {
         let deadline = Instant::now() + within;
         let mut got = Vec::new();
@@ -427,15 +469,40 @@ impl RpcConn {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return if got.is_empty() { Aftermath::StillOpen } else { Aftermath::Replied(got) };
+                return if got.is_empty() {
+                    Aftermath::StillOpen
+                } else {
+                    Aftermath::Replied(got)
+                };
             }
-            let _ = self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            let _ = self
+                .stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))));
             match self.stream.read(&mut buf) {
-                Ok(0) => return if got.is_empty() { Aftermath::Closed } else { Aftermath::Replied(got) },
-                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Ok(0) => {
+                    return if got.is_empty() {
+                        Aftermath::Closed
+                    } else {
+                        Aftermath::Replied(got)
+                    }
+                }
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if !split_records(&got).is_empty() {
+                        // A whole reply is in: report it without waiting
+                        // to see whether the server also closes.
+                        return Aftermath::Replied(got);
+                    }
+                }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return if got.is_empty() { Aftermath::Closed } else { Aftermath::Replied(got) },
+                Err(_) => {
+                    return if got.is_empty() {
+                        Aftermath::Closed
+                    } else {
+                        Aftermath::Replied(got)
+                    }
+                }
             }
         }
     }
@@ -586,7 +653,11 @@ pub fn decode_read(res: &[u8]) -> Result<NfsResult<ReadOk>> {
     let count = r.u32()?;
     let eof = r.bool()?;
     let data = r.opaque(MAX_REPLY_BYTES)?.to_vec();
-    ensure!(count as usize == data.len(), "READ count {count} but {} data bytes", data.len());
+    ensure!(
+        count as usize == data.len(),
+        "READ count {count} but {} data bytes",
+        data.len()
+    );
     r.expect_end()?;
     Ok(Ok(ReadOk { attr, data, eof }))
 }
@@ -625,16 +696,30 @@ pub fn decode_readdir(res: &[u8], plus: bool) -> Result<NfsResult<DirPage>> {
         let cookie = r.u64()?;
         let (attr, fh) = if plus {
             let attr = decode_post_op_attr(&mut r)?;
-            let fh = if r.bool()? { Some(r.opaque(NFS3_FHSIZE)?.to_vec()) } else { None };
+            let fh = if r.bool()? {
+                Some(r.opaque(NFS3_FHSIZE)?.to_vec())
+            } else {
+                None
+            };
             (attr, fh)
         } else {
             (None, None)
         };
-        entries.push(DirEntry { fileid, name, cookie, attr, fh });
+        entries.push(DirEntry {
+            fileid,
+            name,
+            cookie,
+            attr,
+            fh,
+        });
     }
     let eof = r.bool()?;
     r.expect_end()?;
-    Ok(Ok(DirPage { cookieverf, entries, eof }))
+    Ok(Ok(DirPage {
+        cookieverf,
+        entries,
+        eof,
+    }))
 }
 
 /// MOUNT v3 MNT result: the root handle and auth flavors.
@@ -669,7 +754,9 @@ pub struct NfsClient {
 
 impl NfsClient {
     pub fn connect(addr: SocketAddr) -> Result<NfsClient> {
-        Ok(NfsClient { conn: RpcConn::connect(addr)? })
+        Ok(NfsClient {
+            conn: RpcConn::connect(addr)?,
+        })
     }
 
     fn nfs(&mut self, proc_: u32, args: &[u8]) -> Result<Vec<u8>> {
@@ -680,14 +767,20 @@ impl NfsClient {
     }
 
     pub fn mount_null(&mut self) -> Result<()> {
-        let res = self.conn.call_as(&Auth::None, MOUNT_PROGRAM, MOUNT_V3, MOUNTPROC3_NULL, &[])?.success()?;
+        let res = self
+            .conn
+            .call_as(&Auth::None, MOUNT_PROGRAM, MOUNT_V3, MOUNTPROC3_NULL, &[])?
+            .success()?;
         ensure!(res.is_empty(), "MOUNT NULL returned {} bytes", res.len());
         Ok(())
     }
 
     pub fn mnt_raw(&mut self, path: &[u8]) -> Result<NfsResult<MountOk>> {
         let args = XdrWriter::new().opaque(path).finish();
-        let res = self.conn.call(MOUNT_PROGRAM, MOUNT_V3, MOUNTPROC3_MNT, &args)?.success()?;
+        let res = self
+            .conn
+            .call(MOUNT_PROGRAM, MOUNT_V3, MOUNTPROC3_MNT, &args)?
+            .success()?;
         decode_mnt(&res)
     }
 
@@ -700,7 +793,10 @@ impl NfsClient {
     }
 
     pub fn null(&mut self) -> Result<()> {
-        let res = self.conn.call_as(&Auth::None, NFS_PROGRAM, NFS_V3, NFSPROC3_NULL, &[])?.success()?;
+        let res = self
+            .conn
+            .call_as(&Auth::None, NFS_PROGRAM, NFS_V3, NFSPROC3_NULL, &[])?
+            .success()?;
         ensure!(res.is_empty(), "NFS NULL returned {} bytes", res.len());
         Ok(())
     }
@@ -737,7 +833,10 @@ impl NfsClient {
     pub fn read_all(&mut self, fh: &[u8], chunk: u32, max_bytes: u64) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         loop {
-            ensure!(out.len() as u64 <= max_bytes, "file longer than {max_bytes} bytes");
+            ensure!(
+                out.len() as u64 <= max_bytes,
+                "file longer than {max_bytes} bytes"
+            );
             let r = match self.read(fh, out.len() as u64, chunk)? {
                 Ok(r) => r,
                 Err(s) => bail!("READ at {} failed with nfsstat3 {s}", out.len()),
@@ -747,7 +846,11 @@ impl NfsClient {
             if r.eof {
                 return Ok(out);
             }
-            ensure!(n > 0, "READ returned 0 bytes without eof at offset {}", out.len());
+            ensure!(
+                n > 0,
+                "READ returned 0 bytes without eof at offset {}",
+                out.len()
+            );
         }
     }
 
@@ -758,7 +861,12 @@ impl NfsClient {
         verf: [u8; 8],
         count: u32,
     ) -> Result<NfsResult<DirPage>> {
-        let args = XdrWriter::new().opaque(dir).u64(cookie).fixed(&verf).u32(count).finish();
+        let args = XdrWriter::new()
+            .opaque(dir)
+            .u64(cookie)
+            .fixed(&verf)
+            .u32(count)
+            .finish();
         let res = self.nfs(NFSPROC3_READDIR, &args)?;
         decode_readdir(&res, false)
     }
@@ -784,7 +892,13 @@ impl NfsClient {
 
     /// Every entry of a directory, paging with READDIR (`plus == false`) or
     /// READDIRPLUS, at most `max_pages` pages.
-    pub fn list_dir(&mut self, dir: &[u8], plus: bool, page_bytes: u32, max_pages: usize) -> Result<(Vec<DirEntry>, usize)> {
+    pub fn list_dir(
+        &mut self,
+        dir: &[u8],
+        plus: bool,
+        page_bytes: u32,
+        max_pages: usize,
+    ) -> Result<(Vec<DirEntry>, usize)> {
         let mut all = Vec::new();
         let mut cookie = 0u64;
         let mut verf = [0u8; 8];
@@ -794,7 +908,12 @@ impl NfsClient {
             } else {
                 self.readdir_page(dir, cookie, verf, page_bytes)?
             };
-            let page = page.map_err(|s| anyhow!("READDIR{} page {page_no} failed with nfsstat3 {s}", if plus { "PLUS" } else { "" }))?;
+            let page = page.map_err(|s| {
+                anyhow!(
+                    "READDIR{} page {page_no} failed with nfsstat3 {s}",
+                    if plus { "PLUS" } else { "" }
+                )
+            })?;
             ensure!(
                 !page.entries.is_empty() || page.eof,
                 "directory page {page_no} has no entries and no eof"
@@ -829,20 +948,32 @@ impl Bystander {
             .getattr(&root)
             .expect("bystander: GETATTR root")
             .unwrap_or_else(|s| panic!("bystander: GETATTR root: nfsstat3 {s}"));
-        Bystander { client, root, root_fileid: attr.fileid }
+        Bystander {
+            client,
+            root,
+            root_fileid: attr.fileid,
+        }
     }
 
     /// NULL and GETATTR of the root succeed, on the same connection as
     /// before.
     pub fn check(&mut self, after: &str) {
-        self.client.null().unwrap_or_else(|e| panic!("bystander NULL failed after {after}: {e:#}"));
+        self.client
+            .null()
+            .unwrap_or_else(|e| panic!("bystander NULL failed after {after}: {e:#}"));
         let attr = self
             .client
             .getattr(&self.root)
             .unwrap_or_else(|e| panic!("bystander GETATTR failed after {after}: {e:#}"))
             .unwrap_or_else(|s| panic!("bystander GETATTR returned nfsstat3 {s} after {after}"));
-        assert_eq!(attr.ftype, NF3DIR, "root is not a directory (after {after})");
-        assert_eq!(attr.fileid, self.root_fileid, "root fileid changed (after {after})");
+        assert_eq!(
+            attr.ftype, NF3DIR,
+            "root is not a directory (after {after})"
+        );
+        assert_eq!(
+            attr.fileid, self.root_fileid,
+            "root fileid changed (after {after})"
+        );
     }
 
     pub fn root(&self) -> &[u8] {

@@ -45,7 +45,10 @@ pub fn tidegate_bin() -> PathBuf {
         }
         None => workspace_root().join("target"),
     };
-    let candidates = [target.join("release/tidegate"), target.join("debug/tidegate")];
+    let candidates = [
+        target.join("release/tidegate"),
+        target.join("debug/tidegate"),
+    ];
     for c in &candidates {
         if c.is_file() {
             return c.clone();
@@ -115,7 +118,9 @@ impl Server {
             if std::env::var_os("RUST_LOG").is_none() {
                 cmd.env("RUST_LOG", "info");
             }
-            let child = cmd.spawn().with_context(|| format!("spawn {}", bin.display()))?;
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("spawn {}", bin.display()))?;
             let mut server = Server {
                 child: Some(child),
                 port,
@@ -125,7 +130,15 @@ impl Server {
                 _log_dir: log_dir,
             };
             match server.wait_ready() {
-                Ok(()) => return Ok(server),
+                Ok(()) if server.owns_its_port() => return Ok(server),
+                Ok(()) => {
+                    // Another process listens on the same port (possible
+                    // with SO_REUSEPORT): start over on another port.
+                    last_err = Some(anyhow::anyhow!(
+                        "port {port} is shared with another process"
+                    ));
+                    continue;
+                }
                 Err(e) => {
                     let log = server.stderr_text();
                     let in_use = log.contains("in use") || log.contains("AddrInUse");
@@ -161,6 +174,14 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Every socket listening on our port belongs to our server process.
+    fn owns_its_port(&self) -> bool {
+        let pid = self.child.as_ref().unwrap().id();
+        let ours = socket_inodes(pid);
+        let listening = listening_inodes(self.port);
+        !listening.is_empty() && listening.iter().all(|i| ours.contains(i))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -266,11 +287,60 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
+/// Inodes of the TCP sockets in LISTEN state on `port` (IPv4 and IPv6).
+fn listening_inodes(port: u16) -> Vec<u64> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue;
+            }
+            let local_port = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                if let Ok(inode) = f[9].parse() {
+                    out.push(inode);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Inodes of the sockets a process holds open.
+fn socket_inodes(pid: u32) -> std::collections::HashSet<u64> {
+    let mut out = std::collections::HashSet::new();
+    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                let t = target.to_string_lossy();
+                if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                    if let Ok(inode) = n.parse() {
+                        out.insert(inode);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A `kB` field of /proc/PID/status.
 pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A source directory and a state directory in fresh temporary folders.
@@ -282,12 +352,19 @@ pub struct Dirs {
 
 impl Dirs {
     pub fn new() -> Dirs {
-        let root = tempfile::Builder::new().prefix("tidegate-test-").tempdir().expect("tempdir");
+        let root = tempfile::Builder::new()
+            .prefix("tidegate-test-")
+            .tempdir()
+            .expect("tempdir");
         let source = root.path().join("source");
         let state = root.path().join("state");
         std::fs::create_dir_all(&source).expect("mkdir source");
         std::fs::create_dir_all(&state).expect("mkdir state");
-        Dirs { root, source, state }
+        Dirs {
+            root,
+            source,
+            state,
+        }
     }
 
     /// A scratch folder for client output, beside source and state.

@@ -42,14 +42,19 @@ pub fn nfs_cp() -> PathBuf {
 /// fio with the nfs engine: `$TIDEGATE_FIO`, else [`DEFAULT_FIO`]. Panics
 /// with the install hint when it is missing or lacks the nfs engine.
 pub fn fio() -> PathBuf {
-    let p = std::env::var_os("TIDEGATE_FIO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_FIO));
+    let p = std::env::var_os("TIDEGATE_FIO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_FIO));
     assert!(
         is_executable(&p),
         "fio with the nfs engine not found at {} (set TIDEGATE_FIO to override); {INSTALL_HINT}",
         p.display()
     );
-    let out = run(Command::new(&p).arg("--enghelp=nfs"), Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("running {} --enghelp=nfs failed: {e:#}", p.display()));
+    let out = run(
+        Command::new(&p).arg("--enghelp=nfs"),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("running {} --enghelp=nfs failed: {e:#}", p.display()));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), out.stderr);
     assert!(
         out.status.success() && text.contains("nfs_url"),
@@ -129,12 +134,19 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
         r.read_to_end(&mut v)?;
         Ok(v)
     })?;
-    Ok(Output { status, stdout, stderr })
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 /// Run a command within `timeout`, hashing its stdout as it streams (for
 /// large reads through `nfs-cat`).
-pub fn run_hash_stdout(cmd: &mut Command, timeout: Duration) -> Result<(ExitStatus, Fingerprint, String)> {
+pub fn run_hash_stdout(
+    cmd: &mut Command,
+    timeout: Duration,
+) -> Result<(ExitStatus, Fingerprint, String)> {
     run_with(cmd, timeout, |mut r| {
         let mut h = Hasher::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -154,8 +166,13 @@ fn run_with<T: Send + 'static>(
     timeout: Duration,
     consume_stdout: impl FnOnce(std::process::ChildStdout) -> std::io::Result<T> + Send + 'static,
 ) -> Result<(ExitStatus, T, String)> {
+    use std::os::unix::process::CommandExt;
     let desc = format!("{cmd:?}");
+    // Its own process group, so a timeout also reaches processes it forked
+    // (fio runs each job in a child), which would otherwise hold the output
+    // pipes open.
     let mut child = cmd
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -175,7 +192,7 @@ fn run_with<T: Send + 'static>(
             break s;
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
+            kill_group(child.id());
             let _ = child.wait();
             let err = err_thread.join().unwrap_or_default();
             bail!("{desc} did not finish within {timeout:?}; stderr:\n{err}");
@@ -188,6 +205,16 @@ fn run_with<T: Send + 'static>(
         .with_context(|| format!("read stdout of {desc}"))?;
     let err = err_thread.join().unwrap_or_default();
     Ok((status, out, err))
+}
+
+fn kill_group(pgid: u32) {
+    // SAFETY: kill(2) with a negative pid signals the process group we
+    // created for this command; it is called before the leader (our child)
+    // is reaped, so the group id cannot have been reused. No memory is
+    // touched.
+    unsafe {
+        libc::kill(-(pgid as libc::pid_t), libc::SIGKILL);
+    }
 }
 
 /// One line of `nfs-ls` output: `-rw-r--r--  1     0     0         1234 dir/name`.
@@ -212,18 +239,28 @@ pub fn parse_nfs_ls(stdout: &str) -> Result<Vec<LsEntry>> {
         let mut fields = Vec::with_capacity(5);
         for _ in 0..5 {
             rest = rest.trim_start_matches(' ');
-            let end = rest.find(' ').with_context(|| format!("short nfs-ls line: {line:?}"))?;
+            let end = rest
+                .find(' ')
+                .with_context(|| format!("short nfs-ls line: {line:?}"))?;
             fields.push(&rest[..end]);
             rest = &rest[end..];
         }
-        let path = rest.strip_prefix(' ').with_context(|| format!("no name in nfs-ls line: {line:?}"))?;
+        let path = rest
+            .strip_prefix(' ')
+            .with_context(|| format!("no name in nfs-ls line: {line:?}"))?;
         let mode = fields[0];
         if mode.len() != 10 {
             bail!("unexpected mode column in nfs-ls line: {line:?}");
         }
         let kind = mode.chars().next().unwrap();
-        let size = fields[4].parse().with_context(|| format!("size column in nfs-ls line: {line:?}"))?;
-        out.push(LsEntry { kind, size, path: path.to_string() });
+        let size = fields[4]
+            .parse()
+            .with_context(|| format!("size column in nfs-ls line: {line:?}"))?;
+        out.push(LsEntry {
+            kind,
+            size,
+            path: path.to_string(),
+        });
     }
     Ok(out)
 }
@@ -243,10 +280,18 @@ pub fn walk_local(root: &Path) -> Result<Vec<LsEntry>> {
                 .context("non-UTF-8 test file name")?
                 .to_string();
             if md.is_dir() {
-                out.push(LsEntry { kind: 'd', size: md.len(), path: rel });
+                out.push(LsEntry {
+                    kind: 'd',
+                    size: md.len(),
+                    path: rel,
+                });
                 go(root, &e.path(), out)?;
             } else {
-                out.push(LsEntry { kind: '-', size: md.len(), path: rel });
+                out.push(LsEntry {
+                    kind: '-',
+                    size: md.len(),
+                    path: rel,
+                });
             }
         }
         Ok(())

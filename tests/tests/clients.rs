@@ -11,7 +11,8 @@ use tidegate_tests::data::{fingerprint_file, fresh_seed, write_random_file, Fing
 use tidegate_tests::rpc::{NfsClient, NF3DIR, NF3REG};
 use tidegate_tests::server::{Dirs, Server};
 use tidegate_tests::tools::{
-    nfs_cat, nfs_cp, nfs_file_url, nfs_ls, nfs_root_url, parse_nfs_ls, run, run_hash_stdout, walk_local, LsEntry,
+    nfs_cat, nfs_cp, nfs_file_url, nfs_ls, nfs_root_url, parse_nfs_ls, run, run_hash_stdout,
+    walk_local, LsEntry,
 };
 
 const MIB: u64 = 1 << 20;
@@ -20,7 +21,12 @@ const MIB: u64 = 1 << 20;
 fn cat(server: &Server, rel: &str, timeout: Duration) -> Fingerprint {
     let url = nfs_file_url(server.port, rel);
     let (status, fp, stderr) = run_hash_stdout(Command::new(nfs_cat()).arg(&url), timeout)
-        .unwrap_or_else(|e| panic!("nfs-cat {url}: {e:#}\nserver stderr:\n{}", server.stderr_text()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "nfs-cat {url}: {e:#}\nserver stderr:\n{}",
+                server.stderr_text()
+            )
+        });
     assert!(
         status.success(),
         "nfs-cat {url} failed ({status}): {stderr}\nserver stderr:\n{}",
@@ -32,8 +38,12 @@ fn cat(server: &Server, rel: &str, timeout: Duration) -> Fingerprint {
 /// Copy a file with `nfs-cp` to a local file and fingerprint the copy.
 fn cp(server: &Server, rel: &str, dest: &Path, timeout: Duration) -> Fingerprint {
     let url = nfs_file_url(server.port, rel);
-    let out = run(Command::new(nfs_cp()).arg(&url).arg(dest), timeout)
-        .unwrap_or_else(|e| panic!("nfs-cp {url}: {e:#}\nserver stderr:\n{}", server.stderr_text()));
+    let out = run(Command::new(nfs_cp()).arg(&url).arg(dest), timeout).unwrap_or_else(|e| {
+        panic!(
+            "nfs-cp {url}: {e:#}\nserver stderr:\n{}",
+            server.stderr_text()
+        )
+    });
     assert!(
         out.status.success(),
         "nfs-cp {url} {} failed ({}): {}{}\nserver stderr:\n{}",
@@ -56,8 +66,12 @@ fn ls_root(server: &Server, recursive: bool, timeout: Duration) -> Vec<LsEntry> 
         cmd.arg("-R");
     }
     cmd.arg(&url);
-    let out = run(&mut cmd, timeout)
-        .unwrap_or_else(|e| panic!("nfs-ls {url}: {e:#}\nserver stderr:\n{}", server.stderr_text()));
+    let out = run(&mut cmd, timeout).unwrap_or_else(|e| {
+        panic!(
+            "nfs-ls {url}: {e:#}\nserver stderr:\n{}",
+            server.stderr_text()
+        )
+    });
     assert!(
         out.status.success(),
         "nfs-ls {url} failed ({}): {}{}\nserver stderr:\n{}",
@@ -79,7 +93,8 @@ fn edge_sizes_match_byte_for_byte() {
     let mut expected = BTreeMap::new();
     for (i, &size) in sizes.iter().enumerate() {
         let name = format!("size-{size}.bin");
-        let fp = write_random_file(&dirs.source.join(&name), size, seed.wrapping_add(i as u64)).unwrap();
+        let fp =
+            write_random_file(&dirs.source.join(&name), size, seed.wrapping_add(i as u64)).unwrap();
         expected.insert(name, fp);
     }
     let server = Server::start(&dirs.source, &dirs.state);
@@ -87,7 +102,12 @@ fn edge_sizes_match_byte_for_byte() {
     for (name, want) in &expected {
         let got = cat(&server, name, Duration::from_secs(60));
         assert_eq!(&got, want, "nfs-cat {name}");
-        let got = cp(&server, name, &scratch.join("copy"), Duration::from_secs(60));
+        let got = cp(
+            &server,
+            name,
+            &scratch.join("copy"),
+            Duration::from_secs(60),
+        );
         assert_eq!(&got, want, "nfs-cp {name}");
     }
     // The listing shows each file once with its size.
@@ -95,7 +115,10 @@ fn edge_sizes_match_byte_for_byte() {
         .into_iter()
         .map(|e| (e.path, e.size))
         .collect();
-    let want: BTreeMap<String, u64> = expected.iter().map(|(n, f)| (n.clone(), f.len_bytes)).collect();
+    let want: BTreeMap<String, u64> = expected
+        .iter()
+        .map(|(n, f)| (n.clone(), f.len_bytes))
+        .collect();
     assert_eq!(listed, want, "nfs-ls of the root");
 }
 
@@ -107,7 +130,12 @@ fn file_of_256_mib_matches_byte_for_byte() {
     let server = Server::start(&dirs.source, &dirs.state);
     let got = cat(&server, "big.bin", Duration::from_secs(300));
     assert_eq!(got, want, "nfs-cat big.bin");
-    let got = cp(&server, "big.bin", &dirs.scratch().join("big.copy"), Duration::from_secs(300));
+    let got = cp(
+        &server,
+        "big.bin",
+        &dirs.scratch().join("big.copy"),
+        Duration::from_secs(300),
+    );
     assert_eq!(got, want, "nfs-cp big.bin");
 }
 
@@ -147,17 +175,29 @@ fn recursive_listing_matches_source_tree() {
     let server = Server::start(&dirs.source, &dirs.state);
     let listed = ls_root(&server, true, Duration::from_secs(60));
 
-    let key = |e: &LsEntry| (e.path.clone(), e.kind, if e.kind == 'd' { 0 } else { e.size });
+    let key = |e: &LsEntry| {
+        (
+            e.path.clone(),
+            e.kind,
+            if e.kind == 'd' { 0 } else { e.size },
+        )
+    };
     let mut seen = BTreeSet::new();
     for e in &listed {
-        assert!(seen.insert(e.path.clone()), "nfs-ls -R listed {:?} twice", e.path);
+        assert!(
+            seen.insert(e.path.clone()),
+            "nfs-ls -R listed {:?} twice",
+            e.path
+        );
     }
     let got: BTreeSet<_> = listed.iter().map(key).collect();
     let want: BTreeSet<_> = walk_local(&dirs.source).unwrap().iter().map(key).collect();
     assert_eq!(got, want, "nfs-ls -R versus the source tree");
     // Sanity: the walk saw what we built.
     assert!(want.iter().any(|(p, k, _)| p == "a/b/c/d/e/f" && *k == 'd'));
-    assert!(want.iter().any(|(p, _, s)| p == "ünïcødé файл 数据.bin" && *s == 12_345));
+    assert!(want
+        .iter()
+        .any(|(p, _, s)| p == "ünïcødé файл 数据.bin" && *s == 12_345));
 }
 
 /// Files in nested directories and with spaces or UTF-8 in their names read
@@ -181,11 +221,18 @@ fn nested_and_unicode_files_match_byte_for_byte() {
     let root = c.mount_root().unwrap();
     for (rel, want) in &expected {
         let fh = c.lookup_path(&root, rel).unwrap();
-        let attr = c.getattr(&fh).unwrap().unwrap_or_else(|s| panic!("GETATTR {rel}: nfsstat3 {s}"));
+        let attr = c
+            .getattr(&fh)
+            .unwrap()
+            .unwrap_or_else(|s| panic!("GETATTR {rel}: nfsstat3 {s}"));
         assert_eq!(attr.ftype, NF3REG, "{rel} type");
         assert_eq!(attr.size, want.len_bytes, "{rel} size");
         let data = c.read_all(&fh, 65_536, 1 << 30).unwrap();
-        assert_eq!(tidegate_tests::data::fingerprint(&data), *want, "LOOKUP+READ {rel}");
+        assert_eq!(
+            tidegate_tests::data::fingerprint(&data),
+            *want,
+            "LOOKUP+READ {rel}"
+        );
     }
     for d in TREE_EMPTY_DIRS {
         let fh = c.lookup_path(&root, d).unwrap();
@@ -217,11 +264,18 @@ fn hundred_thousand_entry_directory_lists_completely() {
     let listed = ls_root(&server, false, Duration::from_secs(300));
     let mut seen = BTreeSet::new();
     for e in &listed {
-        assert!(seen.insert(e.path.clone()), "nfs-ls listed {:?} more than once", e.path);
+        assert!(
+            seen.insert(e.path.clone()),
+            "nfs-ls listed {:?} more than once",
+            e.path
+        );
         assert_eq!((e.kind, e.size), ('-', 0), "{:?}", e.path);
     }
     assert_eq!(seen.len(), N, "nfs-ls listed {} of {N} entries", seen.len());
-    assert!(seen == names, "nfs-ls names differ from the source directory");
+    assert!(
+        seen == names,
+        "nfs-ls names differ from the source directory"
+    );
 
     // The same with READDIR and ~4 KiB pages: on the order of a thousand
     // pages, each cookie taken from the previous page.
@@ -234,9 +288,20 @@ fn hundred_thousand_entry_directory_lists_completely() {
         if n == "." || n == ".." {
             continue;
         }
-        assert!(seen.insert(n.clone()), "READDIR returned {n:?} more than once");
+        assert!(
+            seen.insert(n.clone()),
+            "READDIR returned {n:?} more than once"
+        );
     }
     assert!(pages > 10, "expected many READDIR pages, got {pages}");
-    assert_eq!(seen.len(), N, "READDIR listed {} of {N} entries", seen.len());
-    assert!(seen == names, "READDIR names differ from the source directory");
+    assert_eq!(
+        seen.len(),
+        N,
+        "READDIR listed {} of {N} entries",
+        seen.len()
+    );
+    assert!(
+        seen == names,
+        "READDIR names differ from the source directory"
+    );
 }
