@@ -7,9 +7,12 @@ use std::time::SystemTime;
 
 use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreFuture};
 
+/// Contents, modification time and version of one object.
+type Stored = (Vec<u8>, SystemTime, u64);
+
 #[derive(Default)]
 pub struct MemoryStore {
-    objects: RwLock<BTreeMap<String, (Vec<u8>, SystemTime, u64)>>,
+    objects: RwLock<BTreeMap<String, Stored>>,
     version: std::sync::atomic::AtomicU64,
 }
 
@@ -35,7 +38,7 @@ impl MemoryStore {
             .remove(key);
     }
 
-    fn meta(key: &str, v: &(Vec<u8>, SystemTime, u64)) -> ObjectMeta {
+    fn meta(key: &str, v: &Stored) -> ObjectMeta {
         ObjectMeta {
             key: key.to_string(),
             size: v.0.len() as u64,
