@@ -12,6 +12,8 @@ use thiserror::Error;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2049";
 /// Default time attributes and listings are trusted before revalidation.
 pub const DEFAULT_META_TTL: Duration = Duration::from_secs(3);
+/// Default time a failed lookup is remembered.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(1);
 /// Default bound on concurrent connections per worker.
 pub const DEFAULT_CONNECTIONS_PER_WORKER_MAX: usize = 4096;
 /// Default bound on calls in flight per connection (Linux keeps up to 128).
@@ -77,6 +79,8 @@ pub struct FileConfig {
     pub workers: Option<usize>,
     pub state_dir: Option<PathBuf>,
     pub meta_ttl: Option<String>,
+    pub negative_ttl: Option<String>,
+    pub immutable: Option<bool>,
     pub connections_per_worker_max: Option<usize>,
     pub calls_in_flight_max: Option<usize>,
     pub record_bytes_max: Option<usize>,
@@ -103,6 +107,8 @@ pub struct Config {
     pub workers: usize,
     pub state_dir: PathBuf,
     pub meta_ttl: Duration,
+    pub negative_ttl: Duration,
+    pub immutable: bool,
     pub connections_per_worker_max: usize,
     pub calls_in_flight_max: usize,
     pub record_bytes_max: usize,

@@ -62,6 +62,16 @@ struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     meta_ttl: Option<String>,
 
+    /// How long a lookup that found nothing is remembered, e.g. 1s; 0 turns it off
+    /// [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    negative_ttl: Option<String>,
+
+    /// The source never changes (a published dataset): trust attributes and listings
+    /// forever instead of revalidating them after --meta-ttl
+    #[arg(long)]
+    immutable: bool,
+
     /// Connections each worker accepts at once; more are closed at once [default: 4096]
     #[arg(long, value_name = "N")]
     connections_per_worker_max: Option<usize>,
@@ -154,12 +164,18 @@ fn resolve(args: ServeArgs) -> Result<Config> {
         Some(s) => config::parse_duration(&s)?,
         None => config::DEFAULT_META_TTL,
     };
+    let negative_ttl = match args.negative_ttl.or(file.negative_ttl) {
+        Some(s) => config::parse_duration(&s)?,
+        None => config::DEFAULT_NEGATIVE_TTL,
+    };
     let cfg = Config {
         source,
         listen,
         workers,
         state_dir,
         meta_ttl,
+        negative_ttl,
+        immutable: args.immutable || file.immutable.unwrap_or(false),
         connections_per_worker_max: args
             .connections_per_worker_max
             .or(file.connections_per_worker_max)

@@ -14,6 +14,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{watch, Notify};
 
+use crate::cache::meta::{MetaCache, MetaTtls};
 use crate::config::{Config, Source, RECV_BUFFER_BYTES};
 use crate::io::{cpu, net::Listener, ring::Ring};
 use crate::nfs::mount::MountTable;
@@ -68,7 +69,15 @@ impl Server {
         };
         let handles = HandleTable::open(&config.state_dir, &config.source.describe())?;
         let services = Arc::new(Services {
-            vfs: Vfs::new(store, handles, config.meta_ttl),
+            vfs: Vfs::new(
+                store,
+                handles,
+                MetaCache::new(MetaTtls {
+                    attrs: config.meta_ttl,
+                    negative: config.negative_ttl,
+                    immutable: config.immutable,
+                }),
+            ),
             mounts: MountTable::default(),
         });
 

@@ -1,10 +1,11 @@
-//! Metadata cache: object attributes and directory listings, each trusted
-//! for a TTL and then revalidated against the store.
+//! Metadata cache: object attributes, directory listings and negative
+//! lookups, each trusted for a TTL and then revalidated against the store.
 //!
-//! Both maps are bounded: attributes by entry count, listings by the total
-//! number of entries they hold. When a bound is reached the oldest half is
-//! dropped (the store remains the source of truth, so eviction only costs a
-//! refetch).
+//! `immutable` exports (dataset prefixes that never change) trust
+//! attributes and listings forever. Every map is bounded: attributes and
+//! negative entries by count, listings by count and by the entries they
+//! hold. When a bound is reached the oldest entries go; the store remains
+//! the source of truth, so eviction only costs a refetch.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,45 +15,54 @@ use crate::vfs::{Attr, Listing};
 
 /// Attribute entries kept.
 pub const ATTR_ENTRIES_MAX: usize = 1_000_000;
+/// Negative lookup entries kept.
+pub const NEGATIVE_ENTRIES_MAX: usize = 100_000;
+/// Directory listings kept.
+pub const LISTINGS_MAX: usize = 16_384;
 /// Directory entries kept across all cached listings.
-pub const LISTING_ENTRIES_MAX: usize = 4_000_000;
+pub const LISTING_ENTRIES_MAX: usize = 8_000_000;
 
-pub struct MetaCache {
-    ttl: Duration,
-    attrs: Mutex<HashMap<u64, (Attr, Instant)>>,
-    listings: Mutex<Listings>,
+/// How long each kind of metadata is trusted.
+#[derive(Debug, Clone, Copy)]
+pub struct MetaTtls {
+    pub attrs: Duration,
+    pub negative: Duration,
+    /// Never revalidate attributes or listings.
+    pub immutable: bool,
 }
 
-#[derive(Default)]
-struct Listings {
-    map: HashMap<u64, (Arc<Listing>, Instant)>,
-    entries_total: usize,
+pub struct MetaCache {
+    ttls: MetaTtls,
+    attrs: Mutex<HashMap<u64, (Attr, Instant)>>,
+    negative: Mutex<HashMap<(u64, Box<str>), Instant>>,
+    listings: Mutex<HashMap<u64, Arc<Listing>>>,
 }
 
 impl MetaCache {
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new(ttls: MetaTtls) -> Self {
         Self {
-            ttl,
+            ttls,
             attrs: Mutex::new(HashMap::new()),
-            listings: Mutex::new(Listings::default()),
+            negative: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn ttl(&self) -> Duration {
-        self.ttl
+    fn fresh(&self, at: Instant, ttl: Duration) -> bool {
+        self.ttls.immutable || at.elapsed() < ttl
     }
 
     pub fn attr(&self, id: u64) -> Option<Attr> {
         let m = self.attrs.lock().expect("attr cache poisoned");
         m.get(&id)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .filter(|(_, at)| self.fresh(*at, self.ttls.attrs))
             .map(|(a, _)| a.clone())
     }
 
     pub fn put_attr(&self, attr: Attr) {
         let mut m = self.attrs.lock().expect("attr cache poisoned");
         if m.len() >= ATTR_ENTRIES_MAX {
-            let ttl = self.ttl;
+            let ttl = self.ttls.attrs;
             m.retain(|_, (_, at)| at.elapsed() < ttl);
             if m.len() >= ATTR_ENTRIES_MAX / 2 {
                 m.clear();
@@ -65,33 +75,57 @@ impl MetaCache {
         self.attrs.lock().expect("attr cache poisoned").remove(&id);
     }
 
+    /// Whether `name` in directory `dir_id` was recently found missing.
+    pub fn is_negative(&self, dir_id: u64, name: &str) -> bool {
+        let m = self.negative.lock().expect("negative cache poisoned");
+        m.get(&(dir_id, Box::from(name)))
+            .is_some_and(|at| at.elapsed() < self.ttls.negative)
+    }
+
+    pub fn put_negative(&self, dir_id: u64, name: &str) {
+        if self.ttls.negative.is_zero() {
+            return;
+        }
+        let mut m = self.negative.lock().expect("negative cache poisoned");
+        if m.len() >= NEGATIVE_ENTRIES_MAX {
+            let ttl = self.ttls.negative;
+            m.retain(|_, at| at.elapsed() < ttl);
+            if m.len() >= NEGATIVE_ENTRIES_MAX / 2 {
+                m.clear();
+            }
+        }
+        m.insert((dir_id, Box::from(name)), Instant::now());
+    }
+
     pub fn listing(&self, dir_id: u64) -> Option<Arc<Listing>> {
         let l = self.listings.lock().expect("listing cache poisoned");
-        l.map
-            .get(&dir_id)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(l, _)| l.clone())
+        l.get(&dir_id)
+            .filter(|l| self.ttls.immutable || l.is_fresh(self.ttls.attrs))
+            .cloned()
     }
 
     pub fn put_listing(&self, dir_id: u64, listing: Arc<Listing>) {
         let mut l = self.listings.lock().expect("listing cache poisoned");
-        let add = listing.entries.len();
-        if let Some((old, _)) = l.map.remove(&dir_id) {
-            l.entries_total -= old.entries.len();
-        }
-        if l.entries_total + add > LISTING_ENTRIES_MAX {
-            let mut by_age: Vec<(u64, Instant)> = l.map.iter().map(|(k, v)| (*k, v.1)).collect();
-            by_age.sort_by_key(|(_, at)| *at);
-            for (k, _) in by_age {
-                if l.entries_total + add <= LISTING_ENTRIES_MAX / 2 {
+        let total: usize = l.values().map(|x| x.state().entries.len()).sum();
+        if l.len() >= LISTINGS_MAX || total >= LISTING_ENTRIES_MAX {
+            let mut by_age: Vec<(u64, Instant, usize)> = l
+                .iter()
+                .map(|(k, v)| {
+                    let st = v.state();
+                    (*k, st.touched, st.entries.len())
+                })
+                .collect();
+            by_age.sort_by_key(|(_, at, _)| *at);
+            let (mut count, mut entries) = (l.len(), total);
+            for (k, _, n) in by_age {
+                if count < LISTINGS_MAX / 2 && entries < LISTING_ENTRIES_MAX / 2 {
                     break;
                 }
-                if let Some((old, _)) = l.map.remove(&k) {
-                    l.entries_total -= old.entries.len();
-                }
+                l.remove(&k);
+                count -= 1;
+                entries -= n;
             }
         }
-        l.entries_total += add;
-        l.map.insert(dir_id, (listing, Instant::now()));
+        l.insert(dir_id, listing);
     }
 }

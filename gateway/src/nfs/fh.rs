@@ -13,15 +13,19 @@ const MAGIC: u8 = 0x54;
 const VERSION: u8 = 1;
 
 pub fn encode(export_id: u32, node: &Node) -> [u8; FH_BYTES] {
+    encode_id(export_id, node.id, node.kind())
+}
+
+pub fn encode_id(export_id: u32, id: u64, kind: NodeKind) -> [u8; FH_BYTES] {
     let mut fh = [0u8; FH_BYTES];
     fh[0] = MAGIC;
     fh[1] = VERSION;
-    fh[2] = match node.kind() {
+    fh[2] = match kind {
         NodeKind::File => 1,
         NodeKind::Dir => 2,
     };
     fh[4..8].copy_from_slice(&export_id.to_be_bytes());
-    fh[8..16].copy_from_slice(&node.id.to_be_bytes());
+    fh[8..16].copy_from_slice(&id.to_be_bytes());
     fh
 }
 

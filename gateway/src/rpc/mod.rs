@@ -126,7 +126,15 @@ mod tests {
         store.put("dir/file", b"0123456789");
         let handles = HandleTable::open(state, "memory").unwrap();
         Services {
-            vfs: Vfs::new(store, handles, Duration::from_secs(1)),
+            vfs: Vfs::new(
+                store,
+                handles,
+                crate::cache::meta::MetaCache::new(crate::cache::meta::MetaTtls {
+                    attrs: Duration::from_secs(1),
+                    negative: Duration::from_secs(1),
+                    immutable: false,
+                }),
+            ),
             mounts: mount::MountTable::default(),
         }
     }

@@ -12,12 +12,14 @@
 
 pub mod error;
 pub mod handles;
+pub mod listing;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 pub use error::{FsError, FsResult};
 pub use handles::{HandleTable, Node, NodeKind};
+pub use listing::{DirEntry, Found, ListingState};
 
 use crate::cache::meta::MetaCache;
 use crate::store::{ObjectStore, StoreError, LIST_PAGE_KEYS_MAX};
@@ -37,44 +39,22 @@ pub struct Attr {
     pub etag: Option<Arc<str>>,
 }
 
-/// One entry of a directory listing.
-#[derive(Debug, Clone)]
-pub struct DirEntry {
-    pub name: Box<str>,
-    pub id: u64,
-    pub kind: NodeKind,
-    pub size: u64,
-    pub mtime: SystemTime,
-}
-
-/// A full directory listing, sorted by (name, kind).
-#[derive(Debug, Default)]
+/// A directory listing shared by every reader of the directory: the state
+/// is read under a lock, pages are fetched one reader at a time.
+#[derive(Default)]
 pub struct Listing {
-    pub entries: Vec<DirEntry>,
-}
-
-fn kind_rank(k: NodeKind) -> u8 {
-    match k {
-        NodeKind::File => 0,
-        NodeKind::Dir => 1,
-    }
+    fetch: tokio::sync::Mutex<()>,
+    state: RwLock<ListingState>,
 }
 
 impl Listing {
-    /// Index of the first entry after (name, kind).
-    pub fn position_after(&self, name: &str, kind: NodeKind) -> usize {
-        let key = (name, kind_rank(kind));
-        self.entries
-            .partition_point(|e| (&*e.name, kind_rank(e.kind)) <= key)
+    pub fn state(&self) -> std::sync::RwLockReadGuard<'_, ListingState> {
+        self.state.read().expect("listing poisoned")
     }
 
-    pub fn find(&self, name: &str, kind: NodeKind) -> Option<&DirEntry> {
-        let i = self
-            .entries
-            .partition_point(|e| (&*e.name, kind_rank(e.kind)) < (name, kind_rank(kind)));
-        self.entries
-            .get(i)
-            .filter(|e| &*e.name == name && e.kind == kind)
+    /// Fresh while pages keep coming and for `ttl` after the last one.
+    pub fn is_fresh(&self, ttl: Duration) -> bool {
+        self.state().touched.elapsed() < ttl
     }
 }
 
@@ -110,11 +90,11 @@ fn not_found_is_stale(e: StoreError) -> FsError {
 }
 
 impl Vfs {
-    pub fn new(store: Arc<dyn ObjectStore>, handles: HandleTable, meta_ttl: Duration) -> Self {
+    pub fn new(store: Arc<dyn ObjectStore>, handles: HandleTable, meta: MetaCache) -> Self {
         Self {
             store,
             handles,
-            meta: MetaCache::new(meta_ttl),
+            meta,
         }
     }
 
@@ -193,13 +173,20 @@ impl Vfs {
             return Ok((node, attr));
         }
         if let Some(listing) = self.meta.listing(dir.id) {
-            for kind in [NodeKind::Dir, NodeKind::File] {
-                if let Some(e) = listing.find(name, kind) {
-                    let node = self.node(e.id)?;
-                    let attr = self.entry_attr(e);
-                    return Ok((node, attr));
+            let st = listing.state();
+            let dir_suffix = format!("{name}/");
+            match (st.find(&dir_suffix), st.find(name)) {
+                (Found::Entry(e), _) | (Found::Absent, Found::Entry(e)) => {
+                    let (id, attr) = (e.id, self.entry_attr(e));
+                    drop(st);
+                    return Ok((self.node(id)?, attr));
                 }
+                (Found::Absent, Found::Absent) => return Err(FsError::NotFound),
+                // Not fetched that far yet: ask the store directly.
+                _ => {}
             }
+        }
+        if self.meta.is_negative(dir.id, name) {
             return Err(FsError::NotFound);
         }
         let dir_key = format!("{}{name}/", dir.key);
@@ -222,14 +209,17 @@ impl Vfs {
                 self.meta.put_attr(attr.clone());
                 Ok((node, attr))
             }
-            Err(StoreError::NotFound { .. }) => Err(FsError::NotFound),
+            Err(StoreError::NotFound { .. }) => {
+                self.meta.put_negative(dir.id, name);
+                Err(FsError::NotFound)
+            }
             Err(e) => Err(e.into()),
         }
     }
 
     /// Attributes of a listing entry.
     pub fn entry_attr(&self, e: &DirEntry) -> Attr {
-        match e.kind {
+        match e.kind() {
             NodeKind::Dir => self.dir_attr(e.id),
             NodeKind::File => Attr {
                 fileid: e.id,
@@ -256,23 +246,36 @@ impl Vfs {
         if offset >= attr.size || buf.is_empty() {
             return Ok((0, offset >= attr.size, attr));
         }
-        let want = (attr.size - offset).min(buf.len() as u64) as usize;
-        let n = match self
-            .store
-            .get_range(&node.key, offset, &mut buf[..want])
-            .await
-        {
-            Ok(n) => n,
-            Err(e) => {
-                self.meta.forget_attr(node.id);
-                return Err(not_found_is_stale(e));
+        let mut attr = attr;
+        // One retry: a 412 means the object changed since its attributes
+        // were read; re-stat and read the new version whole, never a mix.
+        for attempt in 0..2 {
+            if offset >= attr.size {
+                return Ok((0, true, attr));
             }
-        };
-        Ok((n, offset + n as u64 >= attr.size, attr))
+            let want = (attr.size - offset).min(buf.len() as u64) as usize;
+            let r = self
+                .store
+                .get_range(&node.key, offset, &mut buf[..want], attr.etag.as_deref())
+                .await;
+            match r {
+                Ok(n) => return Ok((n, offset + n as u64 >= attr.size, attr)),
+                Err(StoreError::PreconditionFailed { .. }) if attempt == 0 => {
+                    tracing::debug!(key = %node.key, "object changed during read; re-reading its attributes");
+                    self.meta.forget_attr(node.id);
+                    attr = self.getattr(node).await?;
+                }
+                Err(e) => {
+                    self.meta.forget_attr(node.id);
+                    return Err(not_found_is_stale(e));
+                }
+            }
+        }
+        Err(FsError::Stale)
     }
 
-    /// The listing of `dir` (cached for the TTL).
-    pub async fn listing(&self, dir: &Node) -> FsResult<Arc<Listing>> {
+    /// The cached listing of `dir`, or a new, empty one.
+    async fn listing(&self, dir: &Node) -> FsResult<Arc<Listing>> {
         if dir.kind() != NodeKind::Dir {
             return Err(FsError::NotDir);
         }
@@ -282,79 +285,143 @@ impl Vfs {
         if dir.id != handles::ROOT_ID && !self.store.prefix_exists(&dir.key).await? {
             return Err(FsError::Stale);
         }
-        let mut entries: Vec<DirEntry> = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .list(&dir.key, token.as_deref(), LIST_PAGE_KEYS_MAX)
-                .await?;
-            let mut keys: Vec<&str> = Vec::with_capacity(page.objects.len() + page.prefixes.len());
-            let mut pending: Vec<DirEntry> = Vec::with_capacity(keys.capacity());
-            for o in &page.objects {
-                let name = &o.key[dir.key.len()..];
-                if check_name(name.as_bytes()).is_err() || name == "." || name == ".." {
-                    continue;
-                }
-                keys.push(&o.key);
-                pending.push(DirEntry {
-                    name: name.into(),
-                    id: 0,
-                    kind: NodeKind::File,
-                    size: o.size,
-                    mtime: o.mtime,
-                });
-            }
-            for p in &page.prefixes {
-                let name = p[dir.key.len()..].trim_end_matches('/');
-                if check_name(name.as_bytes()).is_err() || name == "." || name == ".." {
-                    continue;
-                }
-                keys.push(p);
-                pending.push(DirEntry {
-                    name: name.into(),
-                    id: 0,
-                    kind: NodeKind::Dir,
-                    size: 4096,
-                    mtime: self.handles.identity().created,
-                });
-            }
-            let nodes = self.handles.ensure(&keys)?;
-            for (e, n) in pending.iter_mut().zip(nodes) {
-                e.id = n.id;
-            }
-            entries.extend(pending);
-            if entries.len() > DIR_ENTRIES_MAX {
-                return Err(FsError::TooManyEntries(DIR_ENTRIES_MAX));
-            }
-            token = page.next_token;
-            if token.is_none() {
-                break;
-            }
-        }
-        entries.sort_by(|a, b| (&*a.name, kind_rank(a.kind)).cmp(&(&*b.name, kind_rank(b.kind))));
-        entries.dedup_by(|a, b| a.name == b.name && a.kind == b.kind);
-        let listing = Arc::new(Listing { entries });
-        self.meta.put_listing(dir.id, listing.clone());
-        Ok(listing)
+        let l = Arc::new(Listing::default());
+        self.meta.put_listing(dir.id, l.clone());
+        Ok(l)
     }
 
-    /// Where a listing continues after `cookie` (0 = the start).
-    pub fn resume_index(&self, dir: &Node, listing: &Listing, cookie: u64) -> FsResult<usize> {
-        if cookie == 0 {
-            return Ok(0);
+    /// Fetch the next page of `listing` unless another reader already did
+    /// since `seen_len` entries were observed.
+    async fn fetch_page(&self, dir: &Node, listing: &Listing, seen_len: usize) -> FsResult<()> {
+        let _one_fetcher = listing.fetch.lock().await;
+        let token = {
+            let st = listing.state();
+            if st.complete
+                || st.entries.len() != seen_len
+                || (st.started && st.next_token.is_none())
+            {
+                return Ok(());
+            }
+            st.next_token.clone()
+        };
+        let page = self
+            .store
+            .list(&dir.key, token.as_deref(), LIST_PAGE_KEYS_MAX)
+            .await?;
+        let prefix_len = dir.key.len();
+        let mut last: Option<&str> = None;
+        let mut keys: Vec<&str> = Vec::with_capacity(page.objects.len() + page.prefixes.len());
+        let mut sizes = Vec::with_capacity(keys.capacity());
+        let mut hidden = 0u64;
+        // Merge objects and prefixes back into one key-ordered sequence.
+        let (mut oi, mut pi) = (0, 0);
+        while oi < page.objects.len() || pi < page.prefixes.len() {
+            let take_object = match (page.objects.get(oi), page.prefixes.get(pi)) {
+                (Some(o), Some(p)) => o.key.as_str() < p.as_str(),
+                (Some(_), None) => true,
+                _ => false,
+            };
+            let (key, size, mtime) = if take_object {
+                let o = &page.objects[oi];
+                oi += 1;
+                (o.key.as_str(), o.size, o.mtime)
+            } else {
+                let p = &page.prefixes[pi];
+                pi += 1;
+                (p.as_str(), 4096, self.handles.identity().created)
+            };
+            let Some(suffix) = key.get(prefix_len..).filter(|_| key.starts_with(&*dir.key)) else {
+                hidden += 1;
+                continue;
+            };
+            last = Some(suffix);
+            if suffix.is_empty() {
+                continue; // the directory's own marker object
+            }
+            if !listing::suffix_is_valid(suffix) {
+                hidden += 1;
+                tracing::debug!(key, "key is not a valid NFS name; hidden");
+                continue;
+            }
+            keys.push(key);
+            sizes.push((size, mtime));
         }
-        let node = self.handles.get(cookie)?.ok_or(FsError::BadCookie)?;
-        if node.parent_key() != &*dir.key || node.id == handles::ROOT_ID {
-            return Err(FsError::BadCookie);
+        let nodes = self.handles.ensure(&keys)?;
+        let entries: Vec<DirEntry> = keys
+            .iter()
+            .zip(nodes)
+            .zip(sizes)
+            .map(|((k, n), (size, mtime))| DirEntry {
+                suffix: k[prefix_len..].into(),
+                id: n.id,
+                size,
+                mtime,
+            })
+            .collect();
+        let mut st = listing.state.write().expect("listing poisoned");
+        if st.entries.len() + entries.len() > DIR_ENTRIES_MAX {
+            return Err(FsError::TooManyEntries(DIR_ENTRIES_MAX));
         }
-        Ok(listing.position_after(node.name(), node.kind()))
+        st.append(entries, last, page.next_token, hidden);
+        if st.complete && st.hidden_keys > 0 {
+            tracing::info!(dir = %dir.key, hidden = st.hidden_keys, "keys hidden by the naming rules");
+        }
+        Ok(())
+    }
+
+    /// Visit the entries of `dir` after `cookie` (0: from the start) in
+    /// order, fetching pages as needed, until `visit` returns false.
+    /// Returns true when the end of the directory was reached.
+    pub async fn readdir(
+        &self,
+        dir: &Node,
+        cookie: u64,
+        mut visit: impl FnMut(&DirEntry) -> bool,
+    ) -> FsResult<bool> {
+        let listing = self.listing(dir).await?;
+        let after: Option<Arc<str>> = if cookie == 0 {
+            None
+        } else {
+            let node = self.handles.get(cookie)?.ok_or(FsError::BadCookie)?;
+            if node.parent_key() != &*dir.key || node.id == handles::ROOT_ID {
+                return Err(FsError::BadCookie);
+            }
+            Some(Arc::from(&node.key[dir.key.len()..]))
+        };
+        let mut pos: Option<usize> = None;
+        loop {
+            let seen_len = {
+                let st = listing.state();
+                let start = match pos {
+                    Some(p) => Some(p),
+                    None => match &after {
+                        None => Some(0),
+                        Some(a) => st.position_after(a),
+                    },
+                };
+                if let Some(mut i) = start {
+                    while i < st.visible {
+                        if !visit(&st.entries[i]) {
+                            return Ok(false);
+                        }
+                        i += 1;
+                    }
+                    pos = Some(i);
+                    if st.complete {
+                        return Ok(true);
+                    }
+                }
+                st.entries.len()
+            };
+            self.fetch_page(dir, &listing, seen_len).await?;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::meta::MetaTtls;
     use crate::store::memory::MemoryStore;
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -366,7 +433,39 @@ mod tests {
 
     fn vfs(store: Arc<MemoryStore>, state: &std::path::Path) -> Vfs {
         let h = HandleTable::open(state, "memory").unwrap();
-        Vfs::new(store, h, Duration::from_millis(0))
+        let ttls = MetaTtls {
+            attrs: Duration::from_millis(0),
+            negative: Duration::from_millis(0),
+            immutable: false,
+        };
+        Vfs::new(store, h, MetaCache::new(ttls))
+    }
+
+    /// Walk a directory `page` entries at a time, resuming by cookie.
+    async fn walk(v: &Vfs, d: &Node, page: usize) -> Vec<String> {
+        let mut cookie = 0;
+        let mut names = Vec::new();
+        for _ in 0..100_000 {
+            let mut batch = Vec::new();
+            let eof = v
+                .readdir(d, cookie, |e| {
+                    if batch.len() == page {
+                        return false;
+                    }
+                    batch.push((e.name().to_string(), e.id));
+                    true
+                })
+                .await
+                .unwrap();
+            if let Some((_, id)) = batch.last() {
+                cookie = *id;
+            }
+            names.extend(batch.into_iter().map(|(n, _)| n));
+            if eof {
+                return names;
+            }
+        }
+        panic!("walk did not finish");
     }
 
     #[test]
@@ -410,7 +509,31 @@ mod tests {
     }
 
     #[test]
-    fn resume_after_every_entry_visits_each_once() {
+    fn a_changed_object_is_read_whole_from_its_new_version() {
+        let s = Arc::new(MemoryStore::new());
+        s.put("f", b"old old old");
+        let t = tempfile::tempdir().unwrap();
+        let h = HandleTable::open(t.path(), "memory").unwrap();
+        let ttls = MetaTtls {
+            attrs: Duration::from_secs(3600),
+            negative: Duration::from_secs(0),
+            immutable: false,
+        };
+        let v = Vfs::new(s.clone(), h, MetaCache::new(ttls));
+        block_on(async {
+            let (f, a) = v.lookup(&v.root(), b"f").await.unwrap();
+            assert_eq!(a.size, 11);
+            s.put("f", b"NEW");
+            let mut buf = [0u8; 16];
+            let (n, eof, attr) = v.read(&f, 0, &mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"NEW");
+            assert!(eof);
+            assert_eq!(attr.size, 3, "fresh attributes come back with the data");
+        });
+    }
+
+    #[test]
+    fn paged_walks_visit_each_entry_once_across_store_pages() {
         let s = Arc::new(MemoryStore::new());
         for i in 0..2500 {
             s.put(&format!("big/n{i:04}"), b"");
@@ -420,27 +543,58 @@ mod tests {
         let v = vfs(s.clone(), t.path());
         block_on(async {
             let (d, _) = v.lookup(&v.root(), b"big").await.unwrap();
-            let mut cookie = 0;
-            let mut names = Vec::new();
-            for _ in 0..1000 {
-                let l = v.listing(&d).await.unwrap();
-                let start = v.resume_index(&d, &l, cookie).unwrap();
-                let page: Vec<_> = l.entries[start..].iter().take(7).cloned().collect();
-                if page.is_empty() {
-                    break;
-                }
-                cookie = page.last().unwrap().id;
-                names.extend(page.into_iter().map(|e| e.name.to_string()));
+            for page in [1, 7, 1000, 5000] {
+                let names = walk(&v, &d, page).await;
+                assert_eq!(names.len(), 2501, "page size {page}");
+                let mut uniq = names.clone();
+                uniq.sort();
+                uniq.dedup();
+                assert_eq!(uniq.len(), 2501);
             }
-            assert_eq!(names.len(), 2501);
-            let mut uniq = names.clone();
-            uniq.dedup();
-            assert_eq!(uniq.len(), 2501);
-            let l = v.listing(&d).await.unwrap();
             assert!(matches!(
-                v.resume_index(&d, &l, 999_999),
+                v.readdir(&d, 999_999, |_| true).await,
                 Err(FsError::BadCookie)
             ));
+        });
+    }
+
+    #[test]
+    fn odd_keys_follow_the_naming_rules() {
+        let s = Arc::new(MemoryStore::new());
+        for k in [
+            "ok",
+            "a//b",
+            "./x",
+            "../y",
+            "both",
+            "both/inner",
+            "marker/",
+            "sp ace",
+            "ünï",
+        ] {
+            s.put(k, b"1");
+        }
+        s.put(&"l".repeat(256), b"1");
+        let t = tempfile::tempdir().unwrap();
+        let v = vfs(s.clone(), t.path());
+        block_on(async {
+            let mut names = walk(&v, &v.root(), 3).await;
+            names.sort();
+            assert_eq!(names, vec!["a", "both", "marker", "ok", "sp ace", "ünï"]);
+            let (both, attr) = v.lookup(&v.root(), b"both").await.unwrap();
+            assert_eq!(attr.kind, NodeKind::Dir, "the directory wins");
+            let inner = walk(&v, &both, 10).await;
+            assert_eq!(inner, vec!["inner"]);
+            let (a, _) = v.lookup(&v.root(), b"a").await.unwrap();
+            assert!(
+                walk(&v, &a, 10).await.is_empty(),
+                "a//b has an empty segment"
+            );
+            let (m, _) = v.lookup(&v.root(), b"marker").await.unwrap();
+            assert!(
+                walk(&v, &m, 10).await.is_empty(),
+                "a marker is not its own child"
+            );
         });
     }
 }

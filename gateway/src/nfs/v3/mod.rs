@@ -63,6 +63,10 @@ pub fn status_of(e: &FsError) -> u32 {
         FsError::Store(StoreError::NotFound { .. }) => NFS3ERR_NOENT,
         FsError::Store(StoreError::InvalidKey { .. }) => NFS3ERR_INVAL,
         FsError::Store(StoreError::Io { .. }) => NFS3ERR_IO,
+        FsError::Store(StoreError::PreconditionFailed { .. }) => NFS3ERR_IO,
+        FsError::Store(StoreError::Unavailable { .. }) => NFS3ERR_IO,
+        FsError::Store(StoreError::Denied { .. }) => NFS3ERR_IO,
+        FsError::Store(StoreError::Config { .. }) => NFS3ERR_IO,
         FsError::Handles(_) => NFS3ERR_SERVERFAULT,
     }
 }
@@ -111,10 +115,6 @@ fn post_op_attr(e: &mut Encoder<'_>, fsid: u64, a: Option<&Attr>) {
             e.bool(false);
         }
     }
-}
-
-fn post_op_fh(e: &mut Encoder<'_>, export_id: u32, node: &Node) {
-    e.bool(true).opaque(&fh::encode(export_id, node));
 }
 
 struct Ctx<'c, 'a> {
@@ -381,35 +381,33 @@ async fn readdir_common(
 ) {
     let vfs = &ctx.call.vfs;
     let verf = cookie_verifier(ctx.export_id);
+    let proc_name = if plus { "READDIRPLUS" } else { "READDIR" };
     let prep = async {
-        let dir = ctx.node(args.handle).map_err(|e| (e, None))?;
-        let dir_attr = vfs.getattr(&dir).await.map_err(|e| (e, None))?;
-        if dir.kind() != NodeKind::Dir {
-            return Err((FsError::NotDir, Some(dir_attr)));
-        }
-        if args.cookie != 0 && args.verf != [0u8; 8] && args.verf != verf {
-            return Err((FsError::BadCookie, Some(dir_attr)));
-        }
-        let listing = vfs
-            .listing(&dir)
-            .await
-            .map_err(|e| (e, Some(dir_attr.clone())))?;
-        let start = vfs
-            .resume_index(&dir, &listing, args.cookie)
-            .map_err(|e| (e, Some(dir_attr.clone())))?;
-        Ok((dir_attr, listing, start))
+        let dir = ctx.node(args.handle)?;
+        let dir_attr = vfs.getattr(&dir).await?;
+        Ok::<_, FsError>((dir, dir_attr))
     }
     .await;
-    let (dir_attr, listing, start) = match prep.map_err(|e: (FsError, _)| e) {
+    let (dir, dir_attr) = match prep {
         Ok(v) => v,
-        Err((err, attr)) => {
-            log_error(if plus { "READDIRPLUS" } else { "READDIR" }, &err);
-            let mut e = Encoder::new(out);
-            e.u32(status_of(&err));
-            post_op_attr(&mut e, ctx.fsid, attr.as_ref());
+        Err(err) => {
+            log_error(proc_name, &err);
+            Encoder::new(out).u32(status_of(&err)).bool(false);
             return;
         }
     };
+    let fail = |out: &mut Vec<u8>, err: FsError| {
+        log_error(proc_name, &err);
+        let mut e = Encoder::new(out);
+        e.u32(status_of(&err));
+        post_op_attr(&mut e, ctx.fsid, Some(&dir_attr));
+    };
+    if dir.kind() != NodeKind::Dir {
+        return fail(out, FsError::NotDir);
+    }
+    if args.cookie != 0 && args.verf != [0u8; 8] && args.verf != verf {
+        return fail(out, FsError::BadCookie);
+    }
     let base = out.len();
     let mut e = Encoder::new(out);
     e.u32(NFS3_OK);
@@ -419,45 +417,47 @@ async fn readdir_common(
     let limit = base + maxcount.min(DIR_REPLY_BYTES_MAX as usize) - 8;
     let mut dir_bytes = 0usize;
     let mut emitted = 0usize;
-    let mut eof = true;
-    for entry in &listing.entries[start..] {
-        let name = entry.name.as_bytes();
-        let info_bytes = 8 + 4 + padded_len(name.len()) + 8;
-        let entry_bytes = 4
-            + info_bytes
-            + if plus {
-                4 + FATTR3_BYTES + 4 + 4 + FH_BYTES
-            } else {
-                0
-            };
-        if e.len() + entry_bytes > limit || (plus && dir_bytes + info_bytes > dircount) {
-            eof = false;
-            break;
+    let r = vfs
+        .readdir(&dir, args.cookie, |entry| {
+            let name = entry.name().as_bytes();
+            let info_bytes = 8 + 4 + padded_len(name.len()) + 8;
+            let entry_bytes = 4
+                + info_bytes
+                + if plus {
+                    4 + FATTR3_BYTES + 4 + 4 + FH_BYTES
+                } else {
+                    0
+                };
+            if e.len() + entry_bytes > limit || (plus && dir_bytes + info_bytes > dircount) {
+                return false;
+            }
+            dir_bytes += info_bytes;
+            e.bool(true).u64(entry.id).string(name).u64(entry.id);
+            if plus {
+                let attr = vfs.entry_attr(entry);
+                post_op_attr(&mut e, ctx.fsid, Some(&attr));
+                e.bool(true)
+                    .opaque(&fh::encode_id(ctx.export_id, entry.id, entry.kind()));
+            }
+            emitted += 1;
+            true
+        })
+        .await;
+    match r {
+        Ok(eof) if emitted > 0 || eof => {
+            e.bool(false).bool(eof);
         }
-        dir_bytes += info_bytes;
-        e.bool(true).u64(entry.id).string(name).u64(entry.id);
-        if plus {
-            let attr = vfs.entry_attr(entry);
-            post_op_attr(&mut e, ctx.fsid, Some(&attr));
-            let node = Node {
-                id: entry.id,
-                key: std::sync::Arc::from(match entry.kind {
-                    NodeKind::Dir => "d/",
-                    NodeKind::File => "f",
-                }),
-            };
-            post_op_fh(&mut e, ctx.export_id, &node);
+        Ok(_) => {
+            out.truncate(base);
+            let mut e = Encoder::new(out);
+            e.u32(NFS3ERR_TOOSMALL);
+            post_op_attr(&mut e, ctx.fsid, Some(&dir_attr));
         }
-        emitted += 1;
+        Err(err) => {
+            out.truncate(base);
+            fail(out, err);
+        }
     }
-    if emitted == 0 && !eof {
-        e.buf().truncate(base);
-        let mut e = Encoder::new(out);
-        e.u32(NFS3ERR_TOOSMALL);
-        post_op_attr(&mut e, ctx.fsid, Some(&dir_attr));
-        return;
-    }
-    e.bool(false).bool(eof);
 }
 
 async fn readdir(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrResult<()> {
