@@ -20,6 +20,7 @@
 pub mod data;
 pub mod json;
 pub mod rpc;
+pub mod s3;
 pub mod server;
 pub mod tools;
 

@@ -12,6 +12,8 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 
+mod vm;
+
 /// Where install-test-deps.sh puts the fio build that has the nfs engine.
 const FIO_NFS_BIN: &str = "/usr/local/lib/tidegate-tools/bin/fio";
 
@@ -19,10 +21,17 @@ const USAGE: &str = "\
 cargo xtask <COMMAND> [ARGS]
 
 Commands:
-  test [-- NEXTEST_ARGS...]   Install test dependencies, check formatting, run
+  test [--no-vm] [-- NEXTEST_ARGS...]
+                              Install test dependencies, check formatting, run
                               clippy, build the release server, run the test
-                              suite with cargo-nextest. Arguments after `--`
-                              go to `cargo nextest run`.
+                              suite with cargo-nextest, then the kernel-client
+                              tests in a VM (`vm`). Arguments after `--` go to
+                              `cargo nextest run`.
+  vm [SCENARIO...] [--nfs-version 3|4.0|4.1|4.2]
+                              Kernel-client tests: boot a qemu guest, run
+                              tidegate in it, mount it with the Linux NFS
+                              client and run the scenarios of tests/vm;
+                              `cargo xtask vm --help` lists the options.
   bench [HARNESS_ARGS...]     Install benchmark peers, build the release
                               server, run the side-by-side harness (tidegate vs
                               NFS-Ganesha) and print its table. Arguments go to
@@ -37,16 +46,18 @@ Environment passed to the test suite:
 ";
 
 const TEST_USAGE: &str = "\
-cargo xtask test [-- NEXTEST_ARGS...]
+cargo xtask test [--no-vm] [-- NEXTEST_ARGS...]
 
-Steps, in order (a failing fmt or clippy step is reported at the end; a
-failing install or build stops the run):
+Steps, in order (a failing fmt, clippy, nextest or vm step is reported at the
+end; a failing install or build stops the run):
   1. xtask/scripts/install-test-deps.sh
   2. cargo fmt --all --check
   3. cargo clippy --workspace --all-targets -- -D warnings
   4. cargo build --release -p tidegate --bin tidegate
   5. cargo nextest run --workspace --no-fail-fast [NEXTEST_ARGS...]
      with TIDEGATE_BIN and TIDEGATE_FIO set
+  6. cargo xtask vm (the default scenarios over NFSv3; `--no-vm` leaves this
+     step out and says so)
 
 Example: cargo xtask test -- -E 'test(fio)'
 ";
@@ -75,6 +86,7 @@ fn run() -> Result<ExitCode> {
     let ws = Workspace::locate()?;
     match command.as_str() {
         "test" => cmd_test(&ws, &args),
+        "vm" => vm::cmd_vm(&ws, &args),
         "bench" => cmd_bench(&ws, &args),
         "fmt" => {
             reject_args("fmt", &args)?;
@@ -110,6 +122,12 @@ fn reject_args(command: &str, args: &[OsString]) -> Result<()> {
 }
 
 fn cmd_test(ws: &Workspace, args: &[OsString]) -> Result<ExitCode> {
+    let mut args = args;
+    let mut with_vm = true;
+    if args.first().is_some_and(|a| a == "--no-vm") {
+        with_vm = false;
+        args = &args[1..];
+    }
     let nextest_args: Vec<OsString> = match args.first() {
         None => Vec::new(),
         Some(a) if a == "-h" || a == "--help" => {
@@ -119,14 +137,15 @@ fn cmd_test(ws: &Workspace, args: &[OsString]) -> Result<ExitCode> {
         Some(a) if a == "--" => args[1..].to_vec(),
         Some(a) => bail!("unexpected argument {a:?}; pass nextest arguments after `--`"),
     };
+    const STEPS: usize = 6;
 
     let mut failed: Vec<&str> = Vec::new();
 
-    ws.header(1, 5, "install test dependencies");
+    ws.header(1, STEPS, "install test dependencies");
     ws.run(ws.script("install-test-deps.sh"))
         .context("installing test dependencies")?;
 
-    ws.header(2, 5, "cargo fmt --all --check");
+    ws.header(2, STEPS, "cargo fmt --all --check");
     if let Err(err) = ws.run(ws.cargo(&["fmt", "--all", "--check"])) {
         eprintln!("xtask: {err:#}");
         failed.push("fmt");
@@ -134,7 +153,7 @@ fn cmd_test(ws: &Workspace, args: &[OsString]) -> Result<ExitCode> {
 
     ws.header(
         3,
-        5,
+        STEPS,
         "cargo clippy --workspace --all-targets -- -D warnings",
     );
     if let Err(err) = ws.run(ws.clippy()) {
@@ -142,17 +161,31 @@ fn cmd_test(ws: &Workspace, args: &[OsString]) -> Result<ExitCode> {
         failed.push("clippy");
     }
 
-    ws.header(4, 5, "cargo build --release -p tidegate --bin tidegate");
+    ws.header(4, STEPS, "cargo build --release -p tidegate --bin tidegate");
     ws.run(ws.build_release_server())
         .context("building the release server")?;
 
-    ws.header(5, 5, "cargo nextest run --workspace --no-fail-fast");
+    ws.header(5, STEPS, "cargo nextest run --workspace --no-fail-fast");
     let mut nextest = ws.cargo(&["nextest", "run", "--workspace", "--no-fail-fast"]);
     nextest.args(&nextest_args);
     ws.test_env(&mut nextest);
     if let Err(err) = ws.run(nextest) {
         eprintln!("xtask: {err:#}");
         failed.push("nextest");
+    }
+
+    if with_vm {
+        ws.header(6, STEPS, "kernel-client tests in a VM (cargo xtask vm)");
+        match vm::cmd_vm(ws, &[]) {
+            Ok(code) if code == ExitCode::SUCCESS => {}
+            Ok(_) => failed.push("vm"),
+            Err(err) => {
+                eprintln!("xtask: vm: {err:#}");
+                failed.push("vm");
+            }
+        }
+    } else {
+        ws.header(6, STEPS, "kernel-client tests in a VM: skipped (--no-vm)");
     }
 
     if failed.is_empty() {

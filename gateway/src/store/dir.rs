@@ -329,9 +329,20 @@ impl ObjectStore for DirStore {
         key: &'a str,
         offset: u64,
         buf: &'a mut [u8],
+        if_match: Option<&'a str>,
     ) -> StoreFuture<'a, usize> {
         Box::pin(async move {
             let f = self.file(key)?;
+            if let Some(want) = if_match {
+                // The descriptor's own metadata: the file being read, even if
+                // the path was replaced since it was opened.
+                let md = f.metadata().map_err(|e| io_err("stat", key, e))?;
+                if etag_of(&md) != want {
+                    return Err(StoreError::PreconditionFailed {
+                        key: key.to_string(),
+                    });
+                }
+            }
             let mut done = 0;
             while done < buf.len() {
                 match f.read_at(&mut buf[done..], offset + done as u64) {
@@ -407,7 +418,7 @@ mod tests {
                 Err(StoreError::NotFound { .. })
             ));
             let mut b = [0u8; 4];
-            assert!(s.get_range("../etc/passwd", 0, &mut b).await.is_err());
+            assert!(s.get_range("../etc/passwd", 0, &mut b, None).await.is_err());
             assert!(!s.prefix_exists("escape/").await.unwrap());
         });
         assert_eq!(s.skipped_entries(), 2);

@@ -124,12 +124,19 @@ impl ObjectStore for MemoryStore {
         key: &'a str,
         offset: u64,
         buf: &'a mut [u8],
+        if_match: Option<&'a str>,
     ) -> StoreFuture<'a, usize> {
         Box::pin(async move {
             let m = self.objects.read().expect("memory store poisoned");
-            let (data, _, _) = m.get(key).ok_or_else(|| StoreError::NotFound {
+            let stored = m.get(key).ok_or_else(|| StoreError::NotFound {
                 key: key.to_string(),
             })?;
+            if if_match.is_some_and(|want| want != Self::meta(key, stored).etag) {
+                return Err(StoreError::PreconditionFailed {
+                    key: key.to_string(),
+                });
+            }
+            let data = &stored.0;
             let start = (offset.min(data.len() as u64)) as usize;
             let n = buf.len().min(data.len() - start);
             buf[..n].copy_from_slice(&data[start..start + n]);

@@ -1,0 +1,27 @@
+# pjdfstest (the POSIX conformance suite) over the mount. Write tests fail
+# while the export is read-only; the counts are reported either way.
+# default: no
+# needs: pjdfstest
+# timeout: 3600
+
+cat > /tmp/pjdfstest.toml <<'TOML'
+[settings]
+naptime = 0.1
+allow_remount = false
+
+[dummy_auth]
+entries = [["nobody", "nobody"], ["tests", "tests"]]
+TOML
+
+if NO_COLOR=1 "$BIN/pjdfstest" -c /tmp/pjdfstest.toml -p "$MNT" > "$OUT/pjdfstest.txt" 2>&1; then
+    rc=0
+else
+    rc=$?
+fi
+summary=$(grep '^Summary:' "$OUT/pjdfstest.txt" || true)
+if [ -n "$summary" ]; then
+    note "$summary"
+else
+    note "pjdfstest ended (exit $rc) without a summary: $(tail -n 3 "$OUT/pjdfstest.txt" | tr '\n' ' ')"
+fi
+[ "$rc" -eq 0 ] || fail "pjdfstest exited with $rc (output in $OUT/pjdfstest.txt)"
