@@ -8,12 +8,17 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::store::s3::S3Config;
+
 /// Default NFS port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2049";
 /// Default time attributes and listings are trusted before revalidation.
 pub const DEFAULT_META_TTL: Duration = Duration::from_secs(3);
 /// Default time a failed lookup is remembered.
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(1);
+/// Default time the store may fail continuously before requests get I/O
+/// errors instead of "try again later".
+pub const DEFAULT_STORE_OUTAGE_BOUND: Duration = Duration::from_secs(60);
 /// Default bound on concurrent connections per worker.
 pub const DEFAULT_CONNECTIONS_PER_WORKER_MAX: usize = 4096;
 /// Default bound on calls in flight per connection (Linux keeps up to 128).
@@ -42,29 +47,56 @@ pub enum ConfigError {
 pub enum Source {
     /// A local directory standing in for a bucket.
     Dir(PathBuf),
+    /// A bucket, or a prefix of one, in S3 or an S3-compatible store.
+    S3(Box<S3Config>),
+}
+
+/// How to reach an S3-compatible store (flags `--endpoint-url`,
+/// `--path-style`, `--region`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Options {
+    pub endpoint_url: Option<String>,
+    pub path_style: bool,
+    pub region: Option<String>,
 }
 
 impl Source {
-    pub fn parse(s: &str) -> Result<Source, ConfigError> {
+    pub fn parse(s: &str, s3: &S3Options) -> Result<Source, ConfigError> {
         if s.starts_with("s3://") {
-            return Err(ConfigError::Invalid(format!(
-                "{s}: S3 sources are not available in this build yet; serve a local directory"
-            )));
+            let mut c = S3Config::from_url(s).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if let Some(url) = &s3.endpoint_url {
+                c = c.with_endpoint(url.clone(), s3.path_style);
+            } else {
+                c.path_style = s3.path_style;
+            }
+            c.region = s3.region.clone();
+            c.validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            return Ok(Source::S3(Box::new(c)));
         }
         if s.contains("://") {
             return Err(ConfigError::Invalid(format!(
-                "{s}: unknown source scheme (expected a local directory)"
+                "{s}: unknown source scheme (expected a local directory or s3://bucket[/prefix])"
             )));
         }
         Ok(Source::Dir(PathBuf::from(s)))
     }
 
     /// A stable description, used to tie a state directory to its source.
+    /// Never contains credentials.
     pub fn describe(&self) -> String {
         match self {
             Source::Dir(p) => {
                 let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
                 format!("dir:{}", abs.display())
+            }
+            Source::S3(c) => {
+                let mut d = format!("s3://{}/{}", c.bucket, c.prefix);
+                if let Some(e) = &c.endpoint_url {
+                    d.push_str(" at ");
+                    d.push_str(e);
+                }
+                d
             }
         }
     }
@@ -75,12 +107,16 @@ impl Source {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
     pub source: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub path_style: Option<bool>,
+    pub region: Option<String>,
     pub listen: Option<SocketAddr>,
     pub workers: Option<usize>,
     pub state_dir: Option<PathBuf>,
     pub meta_ttl: Option<String>,
     pub negative_ttl: Option<String>,
     pub immutable: Option<bool>,
+    pub store_outage_bound: Option<String>,
     pub connections_per_worker_max: Option<usize>,
     pub calls_in_flight_max: Option<usize>,
     pub record_bytes_max: Option<usize>,
@@ -109,6 +145,7 @@ pub struct Config {
     pub meta_ttl: Duration,
     pub negative_ttl: Duration,
     pub immutable: bool,
+    pub store_outage_bound: Duration,
     pub connections_per_worker_max: usize,
     pub calls_in_flight_max: usize,
     pub record_bytes_max: usize,
@@ -213,11 +250,24 @@ mod tests {
 
     #[test]
     fn sources() {
+        let none = S3Options::default();
         assert_eq!(
-            Source::parse("/data").unwrap(),
+            Source::parse("/data", &none).unwrap(),
             Source::Dir(PathBuf::from("/data"))
         );
-        assert!(Source::parse("s3://bucket").is_err());
-        assert!(Source::parse("gs://bucket").is_err());
+        let opts = S3Options {
+            endpoint_url: Some("http://127.0.0.1:8333".into()),
+            path_style: true,
+            region: None,
+        };
+        match Source::parse("s3://bucket/train", &opts).unwrap() {
+            Source::S3(c) => {
+                assert_eq!((c.bucket.as_str(), c.prefix.as_str()), ("bucket", "train/"));
+                assert!(c.path_style);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Source::parse("s3://", &none).is_err());
+        assert!(Source::parse("gs://bucket", &none).is_err());
     }
 }

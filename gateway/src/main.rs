@@ -35,10 +35,24 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// What to export: a local directory used as a bucket (files are objects,
-    /// keys are relative paths). Without it, a demo directory is created under
-    /// the data directory and served.
+    /// What to export: `s3://bucket[/prefix]`, or a local directory used as a bucket
+    /// (files are objects, keys are relative paths). Without it, a demo directory is
+    /// created under the data directory and served.
     source: Option<String>,
+
+    /// Endpoint of an S3-compatible store, e.g. http://127.0.0.1:8333 [default: AWS, or
+    /// $AWS_ENDPOINT_URL]. Credentials come from the standard AWS chain (environment,
+    /// profile files, instance metadata) and are never logged.
+    #[arg(long, value_name = "URL")]
+    endpoint_url: Option<String>,
+
+    /// Address buckets as ENDPOINT/BUCKET/KEY (most S3-compatible stores want this)
+    #[arg(long)]
+    path_style: bool,
+
+    /// S3 region [default: the standard AWS chain, then us-east-1]
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
 
     /// Address and port to listen on (MOUNT and NFS share it) [default: 127.0.0.1:2049]
     #[arg(long, value_name = "ADDR:PORT")]
@@ -71,6 +85,11 @@ struct ServeArgs {
     /// forever instead of revalidating them after --meta-ttl
     #[arg(long)]
     immutable: bool,
+
+    /// While the store fails, clients are told to retry later (NFS3ERR_JUKEBOX); after it
+    /// has failed continuously for this long they get I/O errors instead [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    store_outage_bound: Option<String>,
 
     /// Connections each worker accepts at once; more are closed at once [default: 4096]
     #[arg(long, value_name = "N")]
@@ -143,10 +162,16 @@ fn resolve(args: ServeArgs) -> Result<Config> {
             d.display().to_string()
         }
     };
-    let source = Source::parse(&source_text)?;
-    let Source::Dir(p) = &source;
-    if !Path::new(p).is_dir() {
-        bail!("source {} is not a directory", p.display());
+    let s3 = config::S3Options {
+        endpoint_url: args.endpoint_url.or(file.endpoint_url),
+        path_style: args.path_style || file.path_style.unwrap_or(false),
+        region: args.region.or(file.region),
+    };
+    let source = Source::parse(&source_text, &s3)?;
+    if let Source::Dir(p) = &source {
+        if !Path::new(p).is_dir() {
+            bail!("source {} is not a directory", p.display());
+        }
     }
     let listen = match args.listen.or(file.listen) {
         Some(a) => a,
@@ -176,6 +201,10 @@ fn resolve(args: ServeArgs) -> Result<Config> {
         meta_ttl,
         negative_ttl,
         immutable: args.immutable || file.immutable.unwrap_or(false),
+        store_outage_bound: match args.store_outage_bound.or(file.store_outage_bound) {
+            Some(s) => config::parse_duration(&s)?,
+            None => config::DEFAULT_STORE_OUTAGE_BOUND,
+        },
         connections_per_worker_max: args
             .connections_per_worker_max
             .or(file.connections_per_worker_max)

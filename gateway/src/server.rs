@@ -20,7 +20,9 @@ use crate::io::{cpu, net::Listener, ring::Ring};
 use crate::nfs::mount::MountTable;
 use crate::rpc::conn::{self, ConnLimits};
 use crate::rpc::Services;
-use crate::store::{dir::DirStore, ObjectStore};
+use crate::store::outage::OutageTracking;
+use crate::store::s3::{S3Config, S3Store};
+use crate::store::{dir::DirStore, ObjectStore, StoreError};
 use crate::vfs::handles::{HandleError, HandleTable};
 use crate::vfs::Vfs;
 
@@ -45,8 +47,51 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("S3 source {source_desc}: {error}")]
+    S3 {
+        source_desc: String,
+        error: StoreError,
+    },
     #[error("worker {index}: {message}")]
     Worker { index: usize, message: String },
+}
+
+/// Prepare the S3 store and check that the bucket answers. An unreachable
+/// store is only a warning (cached metadata and later retries may serve);
+/// a missing bucket or refused credentials stop the start.
+fn open_s3(c: &S3Config) -> Result<S3Store, ServerError> {
+    let desc = format!("s3://{}/{}", c.bucket, c.prefix);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServerError::S3 {
+            source_desc: desc.clone(),
+            error: StoreError::Config {
+                message: e.to_string(),
+            },
+        })?;
+    rt.block_on(async {
+        let store = S3Store::new(c.clone())
+            .await
+            .map_err(|error| ServerError::S3 {
+                source_desc: desc.clone(),
+                error,
+            })?;
+        match store.check_bucket().await {
+            Ok(()) => {}
+            Err(StoreError::Unavailable { message, .. }) => {
+                tracing::warn!(source = %desc, %message, "S3 does not answer yet; serving anyway")
+            }
+            Err(error) => {
+                return Err(ServerError::S3 {
+                    source_desc: desc.clone(),
+                    error,
+                })
+            }
+        }
+        tracing::info!(source = %desc, region = store.region(), "S3 store ready");
+        Ok(store)
+    })
 }
 
 /// A running gateway.
@@ -66,6 +111,7 @@ impl Server {
                     source,
                 })?)
             }
+            Source::S3(c) => Arc::new(OutageTracking::new(open_s3(c)?, config.store_outage_bound)),
         };
         let handles = HandleTable::open(&config.state_dir, &config.source.describe())?;
         let services = Arc::new(Services {

@@ -8,6 +8,7 @@
 
 pub mod dir;
 pub mod memory;
+pub mod outage;
 pub mod s3;
 
 use std::future::Future;
@@ -46,6 +47,13 @@ pub enum StoreError {
         op: &'static str,
         key: String,
         message: String,
+    },
+    /// The store has been unavailable for longer than the outage bound.
+    #[error("{op} {key}: store down for {seconds} s")]
+    Down {
+        op: &'static str,
+        key: String,
+        seconds: u64,
     },
     /// The store refused the request (bad credentials, no permission).
     #[error("{op} {key}: access denied: {message}")]

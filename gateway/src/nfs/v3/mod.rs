@@ -29,6 +29,7 @@ const DTPREF: u32 = 64 * 1024;
 const NFS3_OK: u32 = 0;
 const NFS3ERR_IO: u32 = 5;
 const NFS3ERR_NOENT: u32 = 2;
+const NFS3ERR_ACCES: u32 = 13;
 const NFS3ERR_NOTDIR: u32 = 20;
 const NFS3ERR_ISDIR: u32 = 21;
 const NFS3ERR_INVAL: u32 = 22;
@@ -40,6 +41,7 @@ const NFS3ERR_BAD_COOKIE: u32 = 10003;
 const NFS3ERR_NOTSUPP: u32 = 10004;
 const NFS3ERR_TOOSMALL: u32 = 10005;
 const NFS3ERR_SERVERFAULT: u32 = 10006;
+const NFS3ERR_JUKEBOX: u32 = 10008;
 
 // ACCESS bits.
 const ACCESS3_READ: u32 = 0x01;
@@ -64,8 +66,9 @@ pub fn status_of(e: &FsError) -> u32 {
         FsError::Store(StoreError::InvalidKey { .. }) => NFS3ERR_INVAL,
         FsError::Store(StoreError::Io { .. }) => NFS3ERR_IO,
         FsError::Store(StoreError::PreconditionFailed { .. }) => NFS3ERR_IO,
-        FsError::Store(StoreError::Unavailable { .. }) => NFS3ERR_IO,
-        FsError::Store(StoreError::Denied { .. }) => NFS3ERR_IO,
+        FsError::Store(StoreError::Unavailable { .. }) => NFS3ERR_JUKEBOX,
+        FsError::Store(StoreError::Down { .. }) => NFS3ERR_IO,
+        FsError::Store(StoreError::Denied { .. }) => NFS3ERR_ACCES,
         FsError::Store(StoreError::Config { .. }) => NFS3ERR_IO,
         FsError::Handles(_) => NFS3ERR_SERVERFAULT,
     }
