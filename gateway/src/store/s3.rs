@@ -820,6 +820,7 @@ impl S3Store {
         buf: &mut [u8],
         if_match: Option<&str>,
     ) -> Result<usize, StoreError> {
+        // An empty read sends no request (and so checks no precondition).
         if buf.is_empty() {
             return Ok(0);
         }
