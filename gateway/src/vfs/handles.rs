@@ -30,6 +30,8 @@ pub const ROOT_ID: u64 = 1;
 const FIRST_DERIVED_ID: u64 = 16;
 /// Nodes kept in memory before the cache is dropped and refilled from disk.
 pub const CACHED_NODES_MAX: usize = 4_000_000;
+/// Memory redb may use to cache pages of the table.
+pub const HANDLE_DB_CACHE_BYTES: usize = 64 << 20;
 /// Collision probes before giving up (practically unreachable).
 const PROBES_MAX: u64 = 1024;
 
@@ -161,7 +163,10 @@ impl HandleTable {
             dir: dir.clone(),
             source,
         })?;
-        let db = Database::create(state_dir.join("handles.redb")).map_err(db_err)?;
+        let db = redb::Builder::new()
+            .set_cache_size(HANDLE_DB_CACHE_BYTES)
+            .create(state_dir.join("handles.redb"))
+            .map_err(db_err)?;
         let identity = {
             let tx = db.begin_write().map_err(db_err)?;
             let identity;
@@ -275,26 +280,52 @@ impl HandleTable {
     }
 
     /// Nodes for `keys`, assigning and recording ids for new ones in one
-    /// transaction.
+    /// transaction. The nodes stay cached in memory.
     pub fn ensure<S: AsRef<str>>(&self, keys: &[S]) -> Result<Vec<Arc<Node>>, HandleError> {
-        let mut out: Vec<Option<Arc<Node>>> = Vec::with_capacity(keys.len());
+        let ids = self.assign(keys, true)?;
+        Ok(keys
+            .iter()
+            .zip(ids)
+            .map(|(k, id)| {
+                self.by_id
+                    .read()
+                    .expect("handle cache poisoned")
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(Node {
+                            id,
+                            key: Arc::from(k.as_ref()),
+                        })
+                    })
+            })
+            .collect())
+    }
+
+    /// Ids for `keys`, assigning and recording new ones, without caching
+    /// the nodes in memory: directory listings name far more nodes than
+    /// clients go on to use, and the table on disk has them all.
+    pub fn ensure_ids<S: AsRef<str>>(&self, keys: &[S]) -> Result<Vec<u64>, HandleError> {
+        self.assign(keys, false)
+    }
+
+    fn assign<S: AsRef<str>>(&self, keys: &[S], remember: bool) -> Result<Vec<u64>, HandleError> {
+        let mut out: Vec<Option<u64>> = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
         {
             let by_key = self.by_key.read().expect("handle cache poisoned");
-            let by_id = self.by_id.read().expect("handle cache poisoned");
             for (i, k) in keys.iter().enumerate() {
-                let node = by_key.get(k.as_ref()).and_then(|id| by_id.get(id)).cloned();
-                if node.is_none() {
+                let id = by_key.get(k.as_ref()).copied();
+                if id.is_none() {
                     missing.push(i);
                 }
-                out.push(node);
+                out.push(id);
             }
         }
         if !missing.is_empty() {
             let mut tx = self.db.begin_write().map_err(db_err)?;
             tx.set_durability(redb::Durability::None)
                 .map_err(|e| HandleError::Db(redb::Error::Corrupted(e.to_string())))?;
-            let mut fresh = Vec::with_capacity(missing.len());
             {
                 let mut ids = tx.open_table(IDS).map_err(db_err)?;
                 let mut key_table = tx.open_table(KEYS).map_err(db_err)?;
@@ -321,22 +352,23 @@ impl HandleTable {
                             id
                         }
                     };
-                    fresh.push((i, id));
+                    out[i] = Some(id);
                 }
             }
             tx.commit().map_err(db_err)?;
-            for (i, id) in fresh {
-                let node = Arc::new(Node {
-                    id,
-                    key: Arc::from(keys[i].as_ref()),
-                });
-                self.remember(node.clone());
-                out[i] = Some(node);
+            if remember {
+                for &i in &missing {
+                    let id = out[i].expect("assigned above");
+                    self.remember(Arc::new(Node {
+                        id,
+                        key: Arc::from(keys[i].as_ref()),
+                    }));
+                }
             }
         }
         Ok(out
             .into_iter()
-            .map(|n| n.expect("every key resolved"))
+            .map(|id| id.expect("every key resolved"))
             .collect())
     }
 

@@ -132,6 +132,9 @@ impl ListingState {
         }
         self.next_token = next_token;
         self.complete = self.next_token.is_none();
+        if self.complete {
+            self.entries.shrink_to_fit();
+        }
         self.touched = Instant::now();
         while self.visible < self.entries.len() {
             let e = &self.entries[self.visible];

@@ -346,14 +346,14 @@ impl Vfs {
             keys.push(key);
             sizes.push((size, mtime));
         }
-        let nodes = self.handles.ensure(&keys)?;
+        let ids = self.handles.ensure_ids(&keys)?;
         let entries: Vec<DirEntry> = keys
             .iter()
-            .zip(nodes)
+            .zip(ids)
             .zip(sizes)
-            .map(|((k, n), (size, mtime))| DirEntry {
+            .map(|((k, id), (size, mtime))| DirEntry {
                 suffix: k[prefix_len..].into(),
-                id: n.id,
+                id,
                 size,
                 mtime,
             })
