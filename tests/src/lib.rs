@@ -13,15 +13,20 @@
 //! - [`tools`]: locate external clients (libnfs-utils, fio) and run them with
 //!   a time limit.
 //! - [`data`]: fast pseudo-random file contents and SHA-256 helpers.
+//! - [`s3`]: a private SeaweedFS instance (`weed mini`) as a real S3 server.
+//! - [`backend`]: one test body against a directory source and against a
+//!   SeaweedFS bucket.
 //!
 //! Nothing here skips: a missing binary or tool is a test failure that says
 //! how to install it.
 
+pub mod backend;
 pub mod data;
 pub mod json;
 pub mod rpc;
 pub mod s3;
 pub mod server;
+pub mod sigv4;
 pub mod tools;
 
 use std::path::PathBuf;

@@ -34,13 +34,16 @@ pub const NFSPROC3_FSINFO: u32 = 19;
 
 pub const NFS3_OK: u32 = 0;
 pub const NFS3ERR_NOENT: u32 = 2;
+pub const NFS3ERR_IO: u32 = 5;
 pub const NFS3ERR_ACCES: u32 = 13;
 pub const NFS3ERR_NOTDIR: u32 = 20;
+pub const NFS3ERR_ISDIR: u32 = 21;
 pub const NFS3ERR_INVAL: u32 = 22;
 pub const NFS3ERR_ROFS: u32 = 30;
 pub const NFS3ERR_NAMETOOLONG: u32 = 63;
 pub const NFS3ERR_STALE: u32 = 70;
 pub const NFS3ERR_BADHANDLE: u32 = 10001;
+pub const NFS3ERR_JUKEBOX: u32 = 10008;
 
 pub const NF3REG: u32 = 1;
 pub const NF3DIR: u32 = 2;

@@ -93,6 +93,19 @@ impl Server {
     }
 
     pub fn try_start(source_dir: &Path, state_dir: &Path, extra: &[&str]) -> Result<Server> {
+        Self::try_start_env(source_dir.as_os_str(), state_dir, extra, &[])
+    }
+
+    /// As [`Server::try_start`] with a source given as text (a directory or
+    /// `s3://bucket[/prefix]`) and extra environment variables for the
+    /// server process (e.g. [`crate::s3::Seaweed::client_env`]).
+    pub fn try_start_env(
+        source: &std::ffi::OsStr,
+        state_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<Server> {
+        let source_dir = Path::new(source);
         let bin = tidegate_bin();
         let mut last_err = None;
         // A few attempts: the port picked by free_port can be taken by
@@ -112,6 +125,7 @@ impl Server {
                 .arg("--state-dir")
                 .arg(state_dir)
                 .args(extra)
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(stderr_file));

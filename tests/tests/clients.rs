@@ -1,21 +1,32 @@
 //! Real NFS clients (libnfs-utils `nfs-cat`, `nfs-cp`, `nfs-ls`) against a
-//! real `tidegate serve` over a local source directory: content is compared
-//! byte for byte (SHA-256 and length), listings name for name.
+//! real `tidegate serve`, each body run over a local source directory and
+//! over a SeaweedFS bucket: content is compared byte for byte (SHA-256 and
+//! length), listings name for name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use tidegate_tests::backend::{Backend, Fixture};
 use tidegate_tests::data::{fingerprint_file, fresh_seed, write_random_file, Fingerprint};
+use tidegate_tests::for_each_backend;
 use tidegate_tests::rpc::{NfsClient, NF3DIR, NF3REG};
-use tidegate_tests::server::{Dirs, Server};
+use tidegate_tests::server::Server;
 use tidegate_tests::tools::{
     nfs_cat, nfs_cp, nfs_file_url, nfs_ls, nfs_root_url, parse_nfs_ls, run, run_hash_stdout,
     walk_local, LsEntry,
 };
 
 const MIB: u64 = 1 << 20;
+
+for_each_backend!(
+    edge_sizes_match_byte_for_byte,
+    file_of_256_mib_matches_byte_for_byte,
+    recursive_listing_matches_source_tree,
+    nested_and_unicode_files_match_byte_for_byte,
+    hundred_thousand_entry_directory_lists_completely,
+);
 
 /// Read a file with `nfs-cat` (stdout hashed as it streams).
 fn cat(server: &Server, rel: &str, timeout: Duration) -> Fingerprint {
@@ -85,20 +96,23 @@ fn ls_root(server: &Server, recursive: bool, timeout: Duration) -> Vec<LsEntry> 
 
 /// Files of every edge size at the export root, read with nfs-cat and
 /// nfs-cp, match their source byte for byte.
-#[test]
-fn edge_sizes_match_byte_for_byte() {
-    let dirs = Dirs::new();
+fn edge_sizes_match_byte_for_byte(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let sizes = [0, 1, 4095, 4096, 4097, MIB - 1, MIB, MIB + 1, 3 * MIB + 17];
     let seed = fresh_seed();
     let mut expected = BTreeMap::new();
     for (i, &size) in sizes.iter().enumerate() {
         let name = format!("size-{size}.bin");
-        let fp =
-            write_random_file(&dirs.source.join(&name), size, seed.wrapping_add(i as u64)).unwrap();
+        let fp = write_random_file(
+            &fx.source_dir().join(&name),
+            size,
+            seed.wrapping_add(i as u64),
+        )
+        .unwrap();
         expected.insert(name, fp);
     }
-    let server = Server::start(&dirs.source, &dirs.state);
-    let scratch = dirs.scratch();
+    let server = fx.start();
+    let scratch = fx.scratch();
     for (name, want) in &expected {
         let got = cat(&server, name, Duration::from_secs(60));
         assert_eq!(&got, want, "nfs-cat {name}");
@@ -123,17 +137,17 @@ fn edge_sizes_match_byte_for_byte() {
 }
 
 /// A 256 MiB file of random bytes survives nfs-cat and nfs-cp intact.
-#[test]
-fn file_of_256_mib_matches_byte_for_byte() {
-    let dirs = Dirs::new();
-    let want = write_random_file(&dirs.source.join("big.bin"), 256 * MIB, fresh_seed()).unwrap();
-    let server = Server::start(&dirs.source, &dirs.state);
+fn file_of_256_mib_matches_byte_for_byte(backend: Backend) {
+    let mut fx = Fixture::new(backend);
+    let want =
+        write_random_file(&fx.source_dir().join("big.bin"), 256 * MIB, fresh_seed()).unwrap();
+    let server = fx.start();
     let got = cat(&server, "big.bin", Duration::from_secs(300));
     assert_eq!(got, want, "nfs-cat big.bin");
     let got = cp(
         &server,
         "big.bin",
-        &dirs.scratch().join("big.copy"),
+        &fx.scratch().join("big.copy"),
         Duration::from_secs(300),
     );
     assert_eq!(got, want, "nfs-cp big.bin");
@@ -168,11 +182,10 @@ fn build_tree(root: &Path) -> BTreeMap<String, Fingerprint> {
 
 /// `nfs-ls -R` lists exactly the source tree (names, kinds, file sizes),
 /// including nested, empty, spaced and UTF-8 names.
-#[test]
-fn recursive_listing_matches_source_tree() {
-    let dirs = Dirs::new();
-    build_tree(&dirs.source);
-    let server = Server::start(&dirs.source, &dirs.state);
+fn recursive_listing_matches_source_tree(backend: Backend) {
+    let mut fx = Fixture::new(backend);
+    build_tree(fx.source_dir());
+    let server = fx.start();
     let listed = ls_root(&server, true, Duration::from_secs(60));
 
     let key = |e: &LsEntry| {
@@ -191,7 +204,11 @@ fn recursive_listing_matches_source_tree() {
         );
     }
     let got: BTreeSet<_> = listed.iter().map(key).collect();
-    let want: BTreeSet<_> = walk_local(&dirs.source).unwrap().iter().map(key).collect();
+    let want: BTreeSet<_> = walk_local(fx.source_dir())
+        .unwrap()
+        .iter()
+        .map(key)
+        .collect();
     assert_eq!(got, want, "nfs-ls -R versus the source tree");
     // Sanity: the walk saw what we built.
     assert!(want.iter().any(|(p, k, _)| p == "a/b/c/d/e/f" && *k == 'd'));
@@ -204,12 +221,11 @@ fn recursive_listing_matches_source_tree() {
 /// back byte for byte through nfs-cat and nfs-cp (libnfs mounts the parent
 /// directory path, e.g. MNT `//a/b/c/d`), and through LOOKUP + READ on a
 /// raw connection.
-#[test]
-fn nested_and_unicode_files_match_byte_for_byte() {
-    let dirs = Dirs::new();
-    let expected = build_tree(&dirs.source);
-    let server = Server::start(&dirs.source, &dirs.state);
-    let scratch = dirs.scratch();
+fn nested_and_unicode_files_match_byte_for_byte(backend: Backend) {
+    let mut fx = Fixture::new(backend);
+    let expected = build_tree(fx.source_dir());
+    let server = fx.start();
+    let scratch = fx.scratch();
     for (rel, want) in &expected {
         let got = cat(&server, rel, Duration::from_secs(60));
         assert_eq!(&got, want, "nfs-cat {rel}");
@@ -243,10 +259,9 @@ fn nested_and_unicode_files_match_byte_for_byte() {
 
 /// A directory of 100,000 entries: `nfs-ls` (READDIRPLUS pages) and a raw
 /// READDIR walk with small pages each list every name exactly once.
-#[test]
-fn hundred_thousand_entry_directory_lists_completely() {
+fn hundred_thousand_entry_directory_lists_completely(backend: Backend) {
     const N: usize = 100_000;
-    let dirs = Dirs::new();
+    let mut fx = Fixture::new(backend);
     let mut names = BTreeSet::new();
     for i in 0..N {
         // Varying lengths, so entries straddle page boundaries differently.
@@ -255,11 +270,11 @@ fn hundred_thousand_entry_directory_lists_completely() {
         } else {
             format!("entry-{i:06}")
         };
-        std::fs::File::create(dirs.source.join(&name)).unwrap();
+        std::fs::File::create(fx.source_dir().join(&name)).unwrap();
         names.insert(name);
     }
     assert_eq!(names.len(), N);
-    let server = Server::start(&dirs.source, &dirs.state);
+    let server = fx.start();
 
     let listed = ls_root(&server, false, Duration::from_secs(300));
     let mut seen = BTreeSet::new();

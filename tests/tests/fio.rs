@@ -1,17 +1,26 @@
 //! fio's nfs engine (libnfs, many reads in flight on one connection)
-//! against a real `tidegate serve`.
+//! against a real `tidegate serve`, over a local source directory and over
+//! a SeaweedFS bucket.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use tidegate_tests::backend::{Backend, Fixture};
 use tidegate_tests::data::{fresh_seed, write_random_file};
+use tidegate_tests::for_each_backend;
 use tidegate_tests::json::{parse_first_object, Json};
-use tidegate_tests::server::{Dirs, Server};
+use tidegate_tests::server::Server;
 use tidegate_tests::tools::{fio, nfs_root_url, run, Output};
 
 const MIB: u64 = 1 << 20;
 const FIO_TIMEOUT: Duration = Duration::from_secs(120);
+
+for_each_backend!(
+    fio_sequential_read_1m_iodepth_16,
+    fio_random_read_4k_iodepth_32,
+    fio_verifies_every_block_read_through_nfs,
+);
 
 /// Run one fio job with JSON output; returns the exit status's success,
 /// the job object and the raw output for messages.
@@ -77,12 +86,11 @@ fn fio_hint(stderr: &str) -> &'static str {
 }
 
 /// Sequential 1 MiB reads, 16 in flight, over a 64 MiB file.
-#[test]
-fn fio_sequential_read_1m_iodepth_16() {
-    let dirs = Dirs::new();
+fn fio_sequential_read_1m_iodepth_16(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let size = 64 * MIB;
-    write_random_file(&dirs.source.join("seq.bin"), size, fresh_seed()).unwrap();
-    let server = Server::start(&dirs.source, &dirs.state);
+    write_random_file(&fx.source_dir().join("seq.bin"), size, fresh_seed()).unwrap();
+    let server = fx.start();
     let args = nfs_job_args(
         &server,
         "seqread",
@@ -94,19 +102,18 @@ fn fio_sequential_read_1m_iodepth_16() {
             &format!("--size={size}"),
         ],
     );
-    let (ok, job, out) = fio_job(&dirs.scratch(), &args);
+    let (ok, job, out) = fio_job(&fx.scratch(), &args);
     assert_clean_read(&server, ok, &job, &out, size);
     let ios = job.path(&["read", "total_ios"]).and_then(Json::as_u64);
     assert_eq!(ios, Some(size / MIB), "number of 1 MiB reads");
 }
 
 /// Random 4 KiB reads, 32 in flight, covering a 16 MiB file once.
-#[test]
-fn fio_random_read_4k_iodepth_32() {
-    let dirs = Dirs::new();
+fn fio_random_read_4k_iodepth_32(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let size = 16 * MIB;
-    write_random_file(&dirs.source.join("rand.bin"), size, fresh_seed()).unwrap();
-    let server = Server::start(&dirs.source, &dirs.state);
+    write_random_file(&fx.source_dir().join("rand.bin"), size, fresh_seed()).unwrap();
+    let server = fx.start();
     let args = nfs_job_args(
         &server,
         "randread",
@@ -118,7 +125,7 @@ fn fio_random_read_4k_iodepth_32() {
             &format!("--size={size}"),
         ],
     );
-    let (ok, job, out) = fio_job(&dirs.scratch(), &args);
+    let (ok, job, out) = fio_job(&fx.scratch(), &args);
     assert_clean_read(&server, ok, &job, &out, size);
     let ios = job.path(&["read", "total_ios"]).and_then(Json::as_u64);
     assert_eq!(ios, Some(size / 4096), "number of 4 KiB reads");
@@ -128,11 +135,10 @@ fn fio_random_read_4k_iodepth_32() {
 /// locally by fio with crc32c verify headers; the nfs job reads it with
 /// `--verify=crc32c` (8 in flight). A copy with one flipped byte must fail
 /// the same check, which shows the verification is real.
-#[test]
-fn fio_verifies_every_block_read_through_nfs() {
-    let dirs = Dirs::new();
+fn fio_verifies_every_block_read_through_nfs(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let size = 8 * MIB;
-    let good = dirs.source.join("verify.bin");
+    let good = fx.source_dir().join("verify.bin");
     let verify_opts = [
         "--bs=4k".to_string(),
         format!("--size={size}"),
@@ -148,7 +154,7 @@ fn fio_verifies_every_block_read_through_nfs() {
         format!("--filename={}", good.display()),
     ];
     prep.extend(verify_opts.iter().cloned());
-    let (ok, job, out) = fio_job(&dirs.scratch(), &prep);
+    let (ok, job, out) = fio_job(&fx.scratch(), &prep);
     assert!(
         ok && job.get("error").and_then(Json::as_u64) == Some(0),
         "local fio write failed:\n{}",
@@ -158,20 +164,20 @@ fn fio_verifies_every_block_read_through_nfs() {
 
     let mut bytes = std::fs::read(&good).unwrap();
     bytes[(5 * MIB + 12_345) as usize] ^= 0x5a;
-    std::fs::write(dirs.source.join("corrupt.bin"), &bytes).unwrap();
+    std::fs::write(fx.source_dir().join("corrupt.bin"), &bytes).unwrap();
     drop(bytes);
 
-    let server = Server::start(&dirs.source, &dirs.state);
+    let server = fx.start();
     let read_args = |file: &str| {
         let mut a = nfs_job_args(&server, "verify", file, &["--rw=read", "--iodepth=8"]);
         a.extend(verify_opts.iter().cloned());
         a
     };
 
-    let (ok, job, out) = fio_job(&dirs.scratch(), &read_args("verify.bin"));
+    let (ok, job, out) = fio_job(&fx.scratch(), &read_args("verify.bin"));
     assert_clean_read(&server, ok, &job, &out, size);
 
-    let (ok, job, out) = fio_job(&dirs.scratch(), &read_args("corrupt.bin"));
+    let (ok, job, out) = fio_job(&fx.scratch(), &read_args("corrupt.bin"));
     let error = job.get("error").and_then(Json::as_u64).unwrap_or(0);
     assert!(
         !ok && error != 0 && out.stderr.contains("verify"),

@@ -1,23 +1,29 @@
 //! File handles and fileids are stable across restarts over the same state
-//! directory; SIGTERM stops the server cleanly.
+//! directory; SIGTERM stops the server cleanly. Each body runs over a local
+//! source directory and over a SeaweedFS bucket.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use tidegate_tests::backend::{Backend, Fixture};
 use tidegate_tests::data::{fingerprint, fresh_seed, write_random_file};
+use tidegate_tests::for_each_backend;
 use tidegate_tests::rpc::{NfsClient, NFS3ERR_STALE};
-use tidegate_tests::server::{Dirs, Server};
 
-#[test]
-fn handles_and_fileids_survive_restart() {
-    let dirs = Dirs::new();
+for_each_backend!(
+    handles_and_fileids_survive_restart,
+    sigterm_with_connected_clients_exits_cleanly,
+);
+
+fn handles_and_fileids_survive_restart(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let seed = fresh_seed();
-    let file_fp = write_random_file(&dirs.source.join("dir/sub/file.bin"), 100_000, seed).unwrap();
-    write_random_file(&dirs.source.join("top.bin"), 10, seed ^ 1).unwrap();
-    write_random_file(&dirs.source.join("doomed.bin"), 10, seed ^ 2).unwrap();
+    let file_fp = fx.write_random_file("dir/sub/file.bin", 100_000, seed);
+    fx.write_random_file("top.bin", 10, seed ^ 1);
+    fx.write_random_file("doomed.bin", 10, seed ^ 2);
 
     // First run: learn the handles and fileids.
-    let mut server = Server::start(&dirs.source, &dirs.state);
+    let mut server = fx.start();
     let mut c = NfsClient::connect(server.addr()).unwrap();
     let root = c.mount_root().unwrap();
     let dir = c.lookup_path(&root, "dir").unwrap();
@@ -56,11 +62,11 @@ fn handles_and_fileids_survive_restart() {
     );
 
     // Between runs the source changes: one object appears, one disappears.
-    write_random_file(&dirs.source.join("dir/new.bin"), 3, seed ^ 3).unwrap();
-    std::fs::remove_file(dirs.source.join("doomed.bin")).unwrap();
+    fx.write_random_file("dir/new.bin", 3, seed ^ 3);
+    fx.remove_file("doomed.bin");
 
     // Second run, same state directory.
-    let mut server = Server::start(&dirs.source, &dirs.state);
+    let mut server = fx.start();
     let mut c = NfsClient::connect(server.addr()).unwrap();
     let root2 = c.mount_root().unwrap();
     assert_eq!(
@@ -122,7 +128,7 @@ fn handles_and_fileids_survive_restart() {
     );
 
     // A third run still agrees (the table was not rewritten differently).
-    let server = Server::start(&dirs.source, &dirs.state);
+    let server = fx.start();
     let mut c = NfsClient::connect(server.addr()).unwrap();
     assert_eq!(c.mount_root().unwrap(), root);
     assert_eq!(
@@ -135,11 +141,10 @@ fn handles_and_fileids_survive_restart() {
 
 /// SIGTERM with clients connected (one idle, one mid-conversation) exits 0
 /// promptly.
-#[test]
-fn sigterm_with_connected_clients_exits_cleanly() {
-    let dirs = Dirs::new();
-    write_random_file(&dirs.source.join("f.bin"), 1 << 20, fresh_seed()).unwrap();
-    let mut server = Server::start(&dirs.source, &dirs.state);
+fn sigterm_with_connected_clients_exits_cleanly(backend: Backend) {
+    let mut fx = Fixture::new(backend);
+    write_random_file(&fx.source_dir().join("f.bin"), 1 << 20, fresh_seed()).unwrap();
+    let mut server = fx.start();
     let _idle = std::net::TcpStream::connect(server.addr()).unwrap();
     let mut c = NfsClient::connect(server.addr()).unwrap();
     let root = c.mount_root().unwrap();

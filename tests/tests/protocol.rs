@@ -2,14 +2,26 @@
 //! MNT/EXPORT, sub-directory mounts (what libnfs sends for nested paths),
 //! multi-fragment records, READ edge cases, READDIRPLUS against LOOKUP, and
 //! write procedures answering NFS3ERR_ROFS without touching the source.
+//! Each body runs over a local source directory and over a SeaweedFS
+//! bucket.
 
 use std::collections::BTreeMap;
 
+use tidegate_tests::backend::{Backend, Fixture};
 use tidegate_tests::data::{fingerprint, fresh_seed, write_random_file};
+use tidegate_tests::for_each_backend;
 use tidegate_tests::rpc::*;
-use tidegate_tests::server::{Dirs, Server};
 
 const MIB: u64 = 1 << 20;
+
+for_each_backend!(
+    mount_protocol,
+    mount_of_a_subdirectory_matches_lookup,
+    multi_fragment_records,
+    read_edge_cases,
+    readdirplus_agrees_with_lookup,
+    write_procedures_answer_rofs,
+);
 
 fn decode_exports(res: &[u8]) -> anyhow::Result<Vec<String>> {
     let mut r = XdrReader::new(res);
@@ -28,11 +40,10 @@ fn decode_exports(res: &[u8]) -> anyhow::Result<Vec<String>> {
     Ok(dirs)
 }
 
-#[test]
-fn mount_protocol() {
-    let dirs = Dirs::new();
-    write_random_file(&dirs.source.join("a/b/c.bin"), 10, fresh_seed()).unwrap();
-    let server = Server::start(&dirs.source, &dirs.state);
+fn mount_protocol(backend: Backend) {
+    let mut fx = Fixture::new(backend);
+    write_random_file(&fx.source_dir().join("a/b/c.bin"), 10, fresh_seed()).unwrap();
+    let server = fx.start();
     let mut c = NfsClient::connect(server.addr()).unwrap();
 
     c.mount_null().unwrap();
@@ -90,11 +101,10 @@ fn mount_protocol() {
 /// libnfs mounts the parent path of the file it opens (`nfs-cat
 /// nfs://h//a/b/c.bin` sends MNT `//a/b`): a directory below the export
 /// mounts to the same handle LOOKUP gives.
-#[test]
-fn mount_of_a_subdirectory_matches_lookup() {
-    let dirs = Dirs::new();
-    write_random_file(&dirs.source.join("a/b/c.bin"), 10, fresh_seed()).unwrap();
-    let server = Server::start(&dirs.source, &dirs.state);
+fn mount_of_a_subdirectory_matches_lookup(backend: Backend) {
+    let mut fx = Fixture::new(backend);
+    write_random_file(&fx.source_dir().join("a/b/c.bin"), 10, fresh_seed()).unwrap();
+    let server = fx.start();
     let mut c = NfsClient::connect(server.addr()).unwrap();
     let root = c.mount_root().unwrap();
     let ab = c.lookup_path(&root, "a/b").unwrap();
@@ -119,11 +129,10 @@ fn mount_of_a_subdirectory_matches_lookup() {
 
 /// Calls split over several record fragments (including empty ones) are
 /// reassembled; replies come back whole.
-#[test]
-fn multi_fragment_records() {
-    let dirs = Dirs::new();
-    let fp = write_random_file(&dirs.source.join("f.bin"), 3 * MIB + 1, fresh_seed()).unwrap();
-    let server = Server::start(&dirs.source, &dirs.state);
+fn multi_fragment_records(backend: Backend) {
+    let mut fx = Fixture::new(backend);
+    let fp = write_random_file(&fx.source_dir().join("f.bin"), 3 * MIB + 1, fresh_seed()).unwrap();
+    let server = fx.start();
     let mut c = NfsClient::connect(server.addr()).unwrap();
     let root = c.mount_root().unwrap();
     let f = c.lookup_path(&root, "f.bin").unwrap();
@@ -172,12 +181,11 @@ fn multi_fragment_records() {
     assert_eq!(fingerprint(&data), fp);
 }
 
-#[test]
-fn read_edge_cases() {
-    let dirs = Dirs::new();
-    let fp = write_random_file(&dirs.source.join("f.bin"), 10_000, fresh_seed()).unwrap();
-    write_random_file(&dirs.source.join("empty.bin"), 0, 1).unwrap();
-    let server = Server::start(&dirs.source, &dirs.state);
+fn read_edge_cases(backend: Backend) {
+    let mut fx = Fixture::new(backend);
+    let fp = write_random_file(&fx.source_dir().join("f.bin"), 10_000, fresh_seed()).unwrap();
+    write_random_file(&fx.source_dir().join("empty.bin"), 0, 1).unwrap();
+    let server = fx.start();
     let mut c = NfsClient::connect(server.addr()).unwrap();
     let root = c.mount_root().unwrap();
     let f = c.lookup_path(&root, "f.bin").unwrap();
@@ -206,18 +214,17 @@ fn read_edge_cases() {
 
 /// READDIRPLUS pages carry the same handles and fileids as LOOKUP and
 /// GETATTR, and READDIR agrees on the names.
-#[test]
-fn readdirplus_agrees_with_lookup() {
-    let dirs = Dirs::new();
+fn readdirplus_agrees_with_lookup(backend: Backend) {
+    let mut fx = Fixture::new(backend);
     let seed = fresh_seed();
     let mut sizes = BTreeMap::new();
     for i in 0..300u64 {
         let name = format!("f{i:03}-{}", "y".repeat((i % 40) as usize));
-        write_random_file(&dirs.source.join("d").join(&name), i * 3, seed ^ i).unwrap();
+        write_random_file(&fx.source_dir().join("d").join(&name), i * 3, seed ^ i).unwrap();
         sizes.insert(name, i * 3);
     }
-    std::fs::create_dir_all(dirs.source.join("d/subdir")).unwrap();
-    let server = Server::start(&dirs.source, &dirs.state);
+    std::fs::create_dir_all(fx.source_dir().join("d/subdir")).unwrap();
+    let server = fx.start();
     let mut c = NfsClient::connect(server.addr()).unwrap();
     let root = c.mount_root().unwrap();
     let d = c.lookup_path(&root, "d").unwrap();
@@ -269,11 +276,10 @@ fn readdirplus_agrees_with_lookup() {
 }
 
 /// Write-side procedures answer NFS3ERR_ROFS and leave the source alone.
-#[test]
-fn write_procedures_answer_rofs() {
-    let dirs = Dirs::new();
-    let fp = write_random_file(&dirs.source.join("keep.bin"), 5_000, fresh_seed()).unwrap();
-    let server = Server::start(&dirs.source, &dirs.state);
+fn write_procedures_answer_rofs(backend: Backend) {
+    let mut fx = Fixture::new(backend);
+    let fp = write_random_file(&fx.source_dir().join("keep.bin"), 5_000, fresh_seed()).unwrap();
+    let server = fx.start();
     let mut c = NfsClient::connect(server.addr()).unwrap();
     let root = c.mount_root().unwrap();
     let f = c.lookup_path(&root, "keep.bin").unwrap();
@@ -325,18 +331,11 @@ fn write_procedures_answer_rofs() {
         let status = XdrReader::new(&res).u32().unwrap();
         assert_eq!(status, NFS3ERR_ROFS, "{what}");
     }
+    // Read back from the source itself (the bucket for S3): keep.bin
+    // unchanged and nothing else.
     assert_eq!(
-        tidegate_tests::data::fingerprint_file(&dirs.source.join("keep.bin")).unwrap(),
-        fp
-    );
-    let mut names: Vec<_> = std::fs::read_dir(&dirs.source)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    names.sort();
-    assert_eq!(
-        names,
-        vec![std::ffi::OsString::from("keep.bin")],
-        "the source directory changed"
+        fx.source_entries(),
+        BTreeMap::from([("keep.bin".to_string(), Some(fp))]),
+        "the source changed"
     );
 }

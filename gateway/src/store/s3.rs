@@ -1198,11 +1198,14 @@ impl ObjectStore for S3Store {
                 .list_objects_v2()
                 .bucket(&self.shared.bucket)
                 .prefix(self.full_key(prefix)?)
+                .delimiter("/")
                 .max_keys(1)
                 .send()
                 .await
                 .map_err(|e| self.error("list", prefix, e))?;
-            Ok(out.key_count().unwrap_or(0) > 0 || !out.contents().is_empty())
+            Ok(out.key_count().unwrap_or(0) > 0
+                || !out.contents().is_empty()
+                || !out.common_prefixes().is_empty())
         })
     }
 

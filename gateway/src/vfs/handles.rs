@@ -261,6 +261,15 @@ impl HandleTable {
         by_id.insert(node.id, node);
     }
 
+    /// The id of `key` if it is cached in memory (no disk access).
+    pub fn cached_id(&self, key: &str) -> Option<u64> {
+        self.by_key
+            .read()
+            .expect("handle cache poisoned")
+            .get(key)
+            .copied()
+    }
+
     /// The node with `id`, if the table knows it.
     pub fn get(&self, id: u64) -> Result<Option<Arc<Node>>, HandleError> {
         if let Some(n) = self.by_id.read().expect("handle cache poisoned").get(&id) {

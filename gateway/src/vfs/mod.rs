@@ -125,6 +125,27 @@ impl Vfs {
         }
     }
 
+    /// Whether a directory still exists. A fresh listing of its parent that
+    /// shows it settles the question without a store call, and keeps
+    /// LOOKUP, GETATTR and READDIR consistent with what READDIR showed
+    /// (some stores list a prefix in its parent that has no keys left).
+    async fn dir_exists(&self, dir: &Node) -> FsResult<bool> {
+        if dir.id == handles::ROOT_ID {
+            return Ok(true);
+        }
+        if let Some(parent_id) = self.handles.cached_id(dir.parent_key()) {
+            if let Some(l) = self.meta.listing(parent_id) {
+                let suffix = &dir.key[dir.parent_key().len()..];
+                match l.state().find(suffix) {
+                    Found::Entry(_) => return Ok(true),
+                    Found::Absent => return Ok(false),
+                    Found::NotYetListed => {}
+                }
+            }
+        }
+        Ok(self.store.prefix_exists(&dir.key).await?)
+    }
+
     /// Current attributes; `Stale` when the object is gone.
     pub async fn getattr(&self, node: &Node) -> FsResult<Attr> {
         if let Some(a) = self.meta.attr(node.id) {
@@ -132,7 +153,7 @@ impl Vfs {
         }
         let attr = match node.kind() {
             NodeKind::Dir => {
-                if node.id != handles::ROOT_ID && !self.store.prefix_exists(&node.key).await? {
+                if !self.dir_exists(node).await? {
                     return Err(FsError::Stale);
                 }
                 self.dir_attr(node.id)
@@ -179,6 +200,9 @@ impl Vfs {
                 (Found::Entry(e), _) | (Found::Absent, Found::Entry(e)) => {
                     let (id, attr) = (e.id, self.entry_attr(e));
                     drop(st);
+                    if attr.kind == NodeKind::Dir {
+                        self.meta.put_attr(attr.clone());
+                    }
                     return Ok((self.node(id)?, attr));
                 }
                 (Found::Absent, Found::Absent) => return Err(FsError::NotFound),
@@ -193,6 +217,7 @@ impl Vfs {
         if self.store.prefix_exists(&dir_key).await? {
             let node = self.handles.ensure(&[dir_key])?.remove(0);
             let attr = self.dir_attr(node.id);
+            self.meta.put_attr(attr.clone());
             return Ok((node, attr));
         }
         let file_key = format!("{}{name}", dir.key);
@@ -266,7 +291,11 @@ impl Vfs {
                     attr = self.getattr(node).await?;
                 }
                 Err(e) => {
-                    self.meta.forget_attr(node.id);
+                    // Attributes are only wrong if the object is gone; an
+                    // unavailable store leaves them valid for cached use.
+                    if matches!(e, StoreError::NotFound { .. }) {
+                        self.meta.forget_attr(node.id);
+                    }
                     return Err(not_found_is_stale(e));
                 }
             }
@@ -282,7 +311,7 @@ impl Vfs {
         if let Some(l) = self.meta.listing(dir.id) {
             return Ok(l);
         }
-        if dir.id != handles::ROOT_ID && !self.store.prefix_exists(&dir.key).await? {
+        if !self.dir_exists(dir).await? {
             return Err(FsError::Stale);
         }
         let l = Arc::new(Listing::default());
