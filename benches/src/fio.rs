@@ -7,9 +7,15 @@
 //! by the client, which for the nfs engine is one RPC round trip plus the
 //! queueing behind the other requests in flight.
 
+use std::fs::{self, File};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
 use anyhow::{bail, Context, Result};
 
 use crate::json::{self, Value};
+use crate::sandbox::{self, Sandbox};
 
 /// The read-side metrics of one fio job.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +93,96 @@ fn job_stats(job: &Value) -> Result<ReadStats> {
         clat_us_p99: p99,
         job: name,
     })
+}
+
+/// One fio run's read statistics and the bytes that crossed the
+/// namespace's `lo` meanwhile.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub stats: ReadStats,
+    pub lo_bytes: u64,
+}
+
+/// Runs fio (`cmd`, already holding the job) with JSON output to `out`,
+/// and checks its exit status, its per-job error, and that the bytes on
+/// `lo` cover the bytes it read. Returns the first job's numbers and fio's
+/// version.
+pub fn run(
+    sb: &Sandbox,
+    mut cmd: Command,
+    out: &Path,
+    timeout: Duration,
+) -> Result<(Measured, String)> {
+    let stderr_path = out.with_extension("stderr");
+    let stderr =
+        File::create(&stderr_path).with_context(|| format!("create {}", stderr_path.display()))?;
+    cmd.arg("--output-format=json")
+        .arg(format!("--output={}", out.display()))
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    let shown = sandbox::describe(&cmd);
+    let lo_before = sb.lo_tx_bytes()?;
+    let mut child = cmd.spawn().with_context(|| format!("start {shown}"))?;
+    let status = sandbox::wait_child(&mut child, "fio", timeout)?;
+    let lo_bytes = sb.lo_tx_bytes()?.saturating_sub(lo_before);
+    let errors = sandbox::log_tail(&stderr_path, 5);
+    if !status.success() {
+        bail!("fio failed ({status}): {errors}");
+    }
+    let text = fs::read_to_string(out).with_context(|| format!("read {}", out.display()))?;
+    let mut stats = parse_read_stats(&text)?;
+    let stats = stats.remove(0);
+    if stats.error != 0 {
+        bail!(
+            "fio job {} ended with error {}: {errors}",
+            stats.job,
+            stats.error
+        );
+    }
+    if lo_bytes < stats.io_bytes {
+        bail!(
+            "fio reports {} bytes read but only {lo_bytes} bytes crossed lo",
+            stats.io_bytes
+        );
+    }
+    Ok((
+        Measured { stats, lo_bytes },
+        version(&text).unwrap_or_default(),
+    ))
+}
+
+/// Reads `size_bytes` of `file_name` once, sequentially in 1 MiB requests
+/// with 16 in flight (the shape of `fio/seq-read-1m.fio`, not time-based),
+/// through the libnfs URL `url`; fails unless every byte was read. The job
+/// is named after `out`'s file stem.
+pub fn read_once(
+    sb: &Sandbox,
+    fio: &Path,
+    url: &str,
+    file_name: &str,
+    size_bytes: u64,
+    out: &Path,
+    timeout: Duration,
+) -> Result<(Measured, String)> {
+    let name = out
+        .file_stem()
+        .map_or("read".into(), |s| s.to_string_lossy());
+    let mut cmd = sb.command(fio);
+    cmd.arg(format!("--name={name}"))
+        .arg("--ioengine=nfs")
+        .arg(format!("--nfs_url={url}"))
+        .arg(format!("--filename={file_name}"))
+        .arg(format!("--size={size_bytes}"))
+        .args(["--rw=read", "--bs=1M", "--iodepth=16"])
+        .arg("--percentile_list=50:99:99.9");
+    let (m, version) = run(sb, cmd, out, timeout)?;
+    if m.stats.io_bytes != size_bytes {
+        bail!(
+            "read {} bytes of {file_name}, expected {size_bytes}",
+            m.stats.io_bytes
+        );
+    }
+    Ok((m, version))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -153,6 +154,60 @@ impl Sandbox {
 
     pub fn service_mut(&mut self, name: &str) -> Option<&mut Service> {
         self.services.iter_mut().find(|s| s.name == name)
+    }
+
+    /// Stops one service (SIGTERM to its process group, SIGKILL after the
+    /// grace period) and forgets it, so that it can be started afresh.
+    pub fn stop_service(&mut self, name: &str) -> Result<()> {
+        let Some(i) = self.services.iter().position(|s| s.name == name) else {
+            bail!("no service {name}");
+        };
+        let mut service = self.services.remove(i);
+        let pid = service.pid() as i32;
+        let group_alive = || {
+            // SAFETY: signal 0 only checks that the group has a member.
+            unsafe { libc::kill(-pid, 0) == 0 }
+        };
+        // SAFETY: signals the process group our own child leads.
+        unsafe {
+            libc::kill(-pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + TERM_GRACE;
+        while Instant::now() < deadline {
+            if service.child.try_wait().context("waitpid")?.is_some() && !group_alive() {
+                return Ok(());
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        let _ = service.child.wait();
+        Ok(())
+    }
+
+    /// Runs `f` on a thread that has entered the namespace, so that the
+    /// sockets it (and any thread it spawns) opens live there. The calling
+    /// thread stays where it is.
+    pub fn in_netns<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        let path = format!("/var/run/netns/{}", self.netns);
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let ns = File::open(&path).with_context(|| format!("open {path}"))?;
+                    // SAFETY: setns on a namespace file descriptor we hold
+                    // open; it changes only this thread's namespace.
+                    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                    if rc != 0 {
+                        return Err(std::io::Error::last_os_error())
+                            .with_context(|| format!("setns {path}"));
+                    }
+                    f()
+                })
+                .join()
+                .unwrap_or_else(|_| bail!("thread in namespace {} panicked", self.netns))
+        })
     }
 
     /// Bytes sent on the namespace's `lo` so far. Every packet between

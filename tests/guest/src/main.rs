@@ -6,6 +6,8 @@
 //! - `loader`: a training data loader's access pattern: N parallel readers
 //!   open, read and close every small file once per epoch in a shuffled
 //!   order, checking each file's bytes.
+//! - `list DIR`: the names of a directory in `readdir` order (no `stat`),
+//!   with the time taken for every 10,000 entries on stderr.
 //! - `mmap`: read files through a shared mapping (pages faulted in random
 //!   order), a second mapping at an offset, and `read(2)` after evicting the
 //!   page cache; every byte is compared with the expected content.
@@ -30,6 +32,7 @@ tidegate-guest gen DIR
 tidegate-guest dataset-id
 tidegate-guest loader --root DIR [--workers N] [--epochs N] [--seed N] [--count N]
 tidegate-guest mmap --root DIR REL_PATH...
+tidegate-guest list DIR
 ";
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         }
         Some("loader") => LoaderOpts::parse(&args[1..]).and_then(|o| cmd_loader(&o)),
         Some("mmap") => cmd_mmap(&args[1..]),
+        Some("list") if args.len() == 2 => cmd_list(Path::new(&args[1])),
         _ => Err(format!("usage:\n{USAGE}")),
     };
     match result {
@@ -107,6 +111,17 @@ impl LoaderOpts {
     }
 }
 
+/// Counts a finished worker, also when it panics.
+struct CountOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 /// Errors kept for the report; the rest are only counted.
 const ERRORS_SHOWN_MAX: usize = 20;
 
@@ -161,9 +176,29 @@ fn cmd_loader(o: &LoaderOpts) -> Result<(), String> {
         let bytes = AtomicUsize::new(0);
         let latencies: Mutex<Vec<Duration>> = Mutex::new(Vec::with_capacity(o.count));
         let started = Instant::now();
+        let workers_done = AtomicUsize::new(0);
         std::thread::scope(|s| {
+            // Progress on stderr every few seconds, so a slow or stuck run
+            // shows how far it got.
+            s.spawn(|| {
+                let mut last_report = Instant::now();
+                while workers_done.load(Ordering::Relaxed) < o.workers {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if last_report.elapsed() >= PROGRESS_EVERY {
+                        last_report = Instant::now();
+                        eprintln!(
+                            "epoch {}: {} of {} files after {:.0}s",
+                            epoch + 1,
+                            next.load(Ordering::Relaxed).min(order.len()),
+                            order.len(),
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+            });
             for _ in 0..o.workers {
                 s.spawn(|| {
+                    let _done = CountOnDrop(&workers_done);
                     let mut buf = Vec::with_capacity(SMALL_BYTES_MAX + 1);
                     let mut mine = Vec::new();
                     loop {
@@ -416,4 +451,34 @@ fn cmd_mmap(args: &[String]) -> Result<(), String> {
         }
     }
     report(&failures)
+}
+
+fn cmd_list(dir: &Path) -> Result<(), String> {
+    use std::io::Write;
+    const EVERY: usize = 10_000;
+    let started = Instant::now();
+    let mut last = started;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut n = 0usize;
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("opendir {}: {e}", dir.display()))?;
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| format!("readdir {} after {n} entries: {e}", dir.display()))?;
+        let name = entry.file_name();
+        out.write_all(name.as_encoded_bytes())
+            .and_then(|()| out.write_all(b"\n"))
+            .map_err(|e| format!("stdout: {e}"))?;
+        n += 1;
+        if n.is_multiple_of(EVERY) {
+            eprintln!(
+                "{n} entries: +{:.2}s ({:.2}s in all)",
+                last.elapsed().as_secs_f64(),
+                started.elapsed().as_secs_f64()
+            );
+            last = Instant::now();
+        }
+    }
+    out.flush().map_err(|e| format!("stdout: {e}"))?;
+    eprintln!("{n} entries in {:.2}s", started.elapsed().as_secs_f64());
+    Ok(())
 }

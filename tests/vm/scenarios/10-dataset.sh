@@ -1,6 +1,8 @@
-# The generated tree (nested and empty directories; files of 0 B, 1 B,
-# 4 KiB +- 1, 1 MiB +- 1 and 64 MiB; names with spaces and UTF-8): ls -lR,
-# stat of every entry and md5sum of every file against the host's listing.
+# ls -lR, stat and md5sum of a generated tree against the host's listing.
+#
+# The tree has nested and empty directories; files of 0 B, 1 B, 4 KiB +- 1,
+# 1 MiB +- 1 and 64 MiB; names with spaces and UTF-8. Checksums, sizes and
+# names were computed on the host from the files themselves.
 # timeout: 300
 
 cd "$MNT/tree"

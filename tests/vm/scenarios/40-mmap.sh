@@ -1,5 +1,7 @@
-# mmap of files compared with read(2) and with the expected bytes (pages
-# faulted in random order, a mapping at an offset, the zeroed tail page).
+# mmap reads compared with read(2) and with the expected bytes.
+#
+# Pages are faulted in a random order, a second mapping starts at an offset,
+# and the tail of the last page past the end of the file must be zero.
 # timeout: 300
 
 step "mmap vs read" "$BIN/tidegate-guest" mmap --root "$MNT" \

@@ -1,7 +1,8 @@
-# Restart the gateway while mounted and keep reading through the same mount,
-# from descriptors and a working directory opened before the restart: no
-# ESTALE, same content (handles persist in the state directory). Then a
-# restart in the middle of a parallel read.
+# Gateway restart under a live mount: no ESTALE, same content.
+#
+# Reading continues from descriptors and a working directory opened before
+# the restart (handles persist in the state directory). Then a restart in
+# the middle of a parallel read: the client retries, every file reads right.
 # timeout: 600
 
 big=$MNT/tree/big/64MiB.bin
@@ -27,7 +28,7 @@ cd "$MNT"
 # A restart while 4 readers are busy: their calls are retried on the new
 # server, and every file still reads correctly.
 drop_caches
-"$BIN/tidegate-guest" loader --root "$MNT" --workers 4 --epochs 1 --seed 7 > "$OUT/loader.txt" 2>&1 &
+"$BIN/tidegate-guest" loader --root "$MNT" --workers 4 --epochs 1 --count 2000 --seed 7 > "$OUT/loader.txt" 2>&1 &
 loader=$!
 sleep 2
 step "restart during a parallel read" gw_restart

@@ -1,5 +1,6 @@
-# pjdfstest (the POSIX conformance suite) over the mount. Write tests fail
-# while the export is read-only; the counts are reported either way.
+# pjdfstest (POSIX conformance) over the mount; reports its counts.
+#
+# Write tests fail while the export is read-only.
 # default: no
 # needs: pjdfstest
 # timeout: 3600

@@ -29,6 +29,8 @@ const GUEST_PORT: u16 = 2049;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Added to each scenario's own timeout: gateway start, mount, unmount, stop.
 const SCENARIO_MARGIN: Duration = Duration::from_secs(90);
+/// Unpacking the dataset into the guest's memory.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Between one scenario's end and the next one's begin.
 const GAP_TIMEOUT: Duration = Duration::from_secs(60);
 /// From the runner's last marker to qemu's exit.
@@ -171,6 +173,10 @@ fn qemu_command(r: &Run) -> Command {
 /// Where the guest is, as far as the markers tell.
 enum State {
     Booting,
+    /// Unpacking the dataset, before the first scenario.
+    Setup {
+        started: Instant,
+    },
     Between,
     In {
         scenario: Scenario,
@@ -275,6 +281,37 @@ fn boot(
             ("boot-failed", _) => {
                 let why = format!("the guest's init failed: {rest}");
                 return Ok(boot_failed(label, started, &why, &tail, results));
+            }
+            ("setup-begin", State::Between) => {
+                state = State::Setup {
+                    started: Instant::now(),
+                };
+                deadline = Instant::now() + SETUP_TIMEOUT;
+            }
+            ("setup-end", State::Setup { started }) => {
+                let secs = started.elapsed().as_secs_f64();
+                let (verdict, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                let passed = verdict == "ok";
+                say(&format!(
+                    "{} {label} setup {} ({text})",
+                    if passed { "PASS" } else { "FAIL" },
+                    format_secs(secs)
+                ));
+                results.push(StepResult {
+                    name: format!("{label} setup"),
+                    passed,
+                    secs,
+                    detail: if passed {
+                        String::new()
+                    } else {
+                        text.to_owned()
+                    },
+                });
+                if !passed {
+                    return Ok(BootEnd::Failed(format!("{label} setup failed")));
+                }
+                state = State::Between;
+                deadline = Instant::now() + GAP_TIMEOUT;
             }
             ("begin", State::Between) => {
                 let Some(idx) = pending.iter().position(|s| s.name == rest) else {
@@ -421,6 +458,18 @@ fn on_timeout(
             pending.retain(|s| s.name != scenario.name);
             BootEnd::Aborted
         }
+        State::Setup { started } => {
+            let secs = started.elapsed().as_secs_f64();
+            let why = format!("setup timed out after {}s", SETUP_TIMEOUT.as_secs());
+            say(&format!("FAIL {label} setup {} ({why})", format_secs(secs)));
+            results.push(StepResult {
+                name: format!("{label} setup"),
+                passed: false,
+                secs,
+                detail: why,
+            });
+            BootEnd::Failed(format!("{label} setup failed"))
+        }
         State::Between => BootEnd::Failed(format!(
             "the guest stopped reporting between scenarios (nothing for {}s)",
             GAP_TIMEOUT.as_secs()
@@ -468,6 +517,13 @@ fn on_exit(
             );
             pending.retain(|s| s.name != scenario.name);
             BootEnd::Aborted
+        }
+        State::Setup { .. } => {
+            say("   --- last console lines:");
+            for l in tail {
+                println!("   | {l}");
+            }
+            BootEnd::Failed(format!("the guest stopped during setup; {why}"))
         }
         State::Between => BootEnd::Failed(format!("the guest stopped between scenarios; {why}")),
         State::Done => BootEnd::Finished,

@@ -1,7 +1,8 @@
 //! Scenario files: `tests/vm/scenarios/NN-name.sh`.
 //!
-//! The header is the leading block of `#` comments. Its first line is the
-//! description; these keys are read from it:
+//! The header is the leading block of `#` comments. Its first line is a
+//! one-line description (shown by `--list` and when the scenario starts);
+//! these keys are read from the rest:
 //!
 //! - `# timeout: SECONDS` — how long the body may take (default 300);
 //! - `# default: no` — left out unless named or `--all` is given;

@@ -4,7 +4,9 @@
 //! bin/        tidegate, tidegate-guest (and pjdfstest), statically linked
 //! vm/         runner.sh, lib.sh, scenarios/NAME.sh (the selected ones)
 //! run.conf    what the runner runs this boot (rewritten per boot)
-//! data/       the dataset the gateway exports (cached, see below)
+//! data/       the dataset (cached, see below)
+//! data.cpio   the same, packed: the guest unpacks it into its tmpfs and
+//!             exports that copy (9p is slow per file; one archive is not)
 //! expected/   what the host computed from data/ (checksums, listings)
 //! out/NAME/   each scenario's log, gateway log, kernel log
 //! ```
@@ -14,7 +16,7 @@
 //! the files on disk, by code independent of the generator: coreutils
 //! `md5sum` for checksums, a directory walk for sizes and names.
 
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -106,9 +108,11 @@ fn ensure_dataset(share: &Path, generator: &Path) -> Result<()> {
     let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let stamp = share.join("data.id");
     let data = share.join("data");
+    let archive = share.join("data.cpio");
     let expected = share.join("expected");
     if fs::read_to_string(&stamp).ok().as_deref() == Some(id.as_str())
         && data.is_dir()
+        && archive.is_file()
         && expected.is_dir()
     {
         say(&format!("dataset {id}: cached in {}", data.display()));
@@ -117,6 +121,7 @@ fn ensure_dataset(share: &Path, generator: &Path) -> Result<()> {
 
     let started = Instant::now();
     let _ = fs::remove_file(&stamp);
+    let _ = fs::remove_file(&archive);
     for d in [&data, &expected] {
         if d.exists() {
             fs::remove_dir_all(d).with_context(|| format!("rm -r {}", d.display()))?;
@@ -136,11 +141,33 @@ fn ensure_dataset(share: &Path, generator: &Path) -> Result<()> {
     }
     fs::create_dir_all(&expected).with_context(|| format!("mkdir {}", expected.display()))?;
     compute_expected(&data, &expected)?;
+    pack(&data, &archive)?;
     write(&stamp, id.as_bytes())?;
     say(&format!(
         "dataset {id}: generated with expectations in {:.1}s",
         started.elapsed().as_secs_f64()
     ));
+    Ok(())
+}
+
+/// `data` as a cpio archive (newc, which has no name length limits).
+fn pack(data: &Path, archive: &Path) -> Result<()> {
+    let out = File::create(archive).with_context(|| format!("create {}", archive.display()))?;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("find . -print0 | LC_ALL=C sort -z | cpio --null --create --format=newc --quiet")
+        .current_dir(data)
+        .stdout(out)
+        .status()
+        .context("run find | cpio (install-vm-deps.sh installs cpio)")?;
+    if !status.success() {
+        let _ = fs::remove_file(archive);
+        bail!(
+            "packing {} into {} failed ({status})",
+            data.display(),
+            archive.display()
+        );
+    }
     Ok(())
 }
 
