@@ -6,4 +6,4 @@
 
 step "loader: 4 workers x 10000 files" \
     "$BIN/tidegate-guest" loader --root "$MNT" --workers 4 --epochs 1 --seed 1
-grep '^epoch' "$OUT/log" | while IFS= read -r line; do note "$line"; done
+grep '^epoch.*files/s' "$OUT/log" | while IFS= read -r line; do note "$line"; done

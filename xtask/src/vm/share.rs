@@ -171,9 +171,15 @@ fn pack(data: &Path, archive: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What [`walk`] finds: regular files with their sizes, and directories.
+struct Tree {
+    files: Vec<(String, u64)>,
+    dirs: Vec<String>,
+}
+
 /// Regular files (path, size) and directories under `root`, as `./rel`
 /// paths, each sorted bytewise (as the guest's `sort` does).
-fn walk(root: &Path) -> Result<(Vec<(String, u64)>, Vec<String>)> {
+fn walk(root: &Path) -> Result<Tree> {
     let mut files = Vec::new();
     let mut dirs = vec![".".to_owned()];
     let mut stack = vec![(root.to_path_buf(), ".".to_owned())];
@@ -198,12 +204,12 @@ fn walk(root: &Path) -> Result<(Vec<(String, u64)>, Vec<String>)> {
     }
     files.sort();
     dirs.sort();
-    Ok((files, dirs))
+    Ok(Tree { files, dirs })
 }
 
 fn compute_expected(data: &Path, expected: &Path) -> Result<()> {
     let tree = data.join("tree");
-    let (files, dirs) = walk(&tree)?;
+    let Tree { files, dirs } = walk(&tree)?;
     let mut sizes = String::new();
     for (rel, size) in &files {
         sizes.push_str(&format!("{size} {rel}\n"));
