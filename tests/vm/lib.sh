@@ -77,8 +77,9 @@ nfs_mount() {
     if [ -n "$1" ]; then opts="$opts,$1"; fi
     mkdir -p "$MNT"
     echo "mount -t nfs -o $opts 127.0.0.1:/ $MNT"
-    if ! mount -t nfs -o "$opts" 127.0.0.1:/ "$MNT"; then
-        fail "NFSv$NFS_VERSION mount failed (options $opts); see the kernel log in $OUT/dmesg"
+    if ! mount -t nfs -o "$opts" 127.0.0.1:/ "$MNT" 2> /tmp/mount.err; then
+        cat /tmp/mount.err
+        fail "NFSv$NFS_VERSION mount failed: $(tail -n 1 /tmp/mount.err) (options $opts; kernel log in $OUT/dmesg)"
     fi
 }
 
@@ -111,7 +112,7 @@ gw_start() {
     rm -f /tmp/gw.pid /tmp/gw.status
     mkdir -p "$STATE"
     (
-        "$BIN/tidegate" serve "$SOURCE" --listen "127.0.0.1:$PORT" --workers 2 \
+        NO_COLOR=1 "$BIN/tidegate" serve "$SOURCE" --listen "127.0.0.1:$PORT" --workers 2 \
             --state-dir "$STATE" >> "$OUT/gateway.log" 2>&1 &
         echo $! > /tmp/gw.pid
         wait $!

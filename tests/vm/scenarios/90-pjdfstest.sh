@@ -1,9 +1,13 @@
 # pjdfstest (POSIX conformance) over the mount; reports its counts.
 #
-# Write tests fail while the export is read-only.
+# Its dummy users are the guest's nobody (65534) and tests (1000). Every
+# test case works in a directory that pjdfstest creates under the mount, so
+# while the export is read-only it stops at that first mkdir (EROFS) and runs
+# nothing. On the guest's tmpfs the same binary and configuration run 398
+# cases in about 15 s.
 # default: no
 # needs: pjdfstest
-# timeout: 3600
+# timeout: 1200
 
 cat > /tmp/pjdfstest.toml <<'TOML'
 [settings]
