@@ -129,6 +129,7 @@ impl Listener {
         // SAFETY: zeroed storage is valid; getsockname fills at most `len` bytes.
         let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: getsockname writes at most `len` bytes into `ss`.
         cvt(unsafe {
             libc::getsockname(
                 self.fd.as_raw_fd(),

@@ -233,7 +233,13 @@ impl DirStore {
                         && s.prefix == prefix
                         && now.duration_since(s.taken) < SNAPSHOT_TTL =>
                 {
-                    s.entries.clone()
+                    // A listing being paged keeps its snapshot alive, however
+                    // long the whole walk takes.
+                    let entries = s.entries.clone();
+                    if let Some(s) = snap.as_mut() {
+                        s.taken = now;
+                    }
+                    entries
                 }
                 _ => {
                     drop(snap);
@@ -243,9 +249,11 @@ impl DirStore {
                         Err(e) => return Err(e),
                     };
                     snap = self.snapshot.lock().expect("snapshot poisoned");
+                    // Timed from the end of the scan: a slow scan must not
+                    // expire before its first continuation page.
                     *snap = Some(Snapshot {
                         prefix: prefix.to_string(),
-                        taken: now,
+                        taken: Instant::now(),
                         entries: entries.clone(),
                     });
                     entries
