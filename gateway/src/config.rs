@@ -120,6 +120,10 @@ pub struct FileConfig {
     pub connections_per_worker_max: Option<usize>,
     pub calls_in_flight_max: Option<usize>,
     pub record_bytes_max: Option<usize>,
+    pub cache: Option<PathBuf>,
+    pub cache_size: Option<String>,
+    pub cache_block_size: Option<String>,
+    pub admin: Option<SocketAddr>,
 }
 
 impl FileConfig {
@@ -149,6 +153,10 @@ pub struct Config {
     pub connections_per_worker_max: usize,
     pub calls_in_flight_max: usize,
     pub record_bytes_max: usize,
+    /// The block cache; `None` serves every read from the store.
+    pub cache: Option<crate::cache::block::CacheConfig>,
+    /// Where the admin HTTP endpoint (metrics, stats, warm) listens.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Config {
@@ -200,6 +208,39 @@ pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parse a byte count such as `64MiB`, `10GiB`, `1.5T`, `4096` (binary
+/// units; `K`, `M`, `G`, `T` with or without `iB`/`B` mean the same).
+pub fn parse_bytes(s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim();
+    let bad = || {
+        ConfigError::Invalid(format!(
+            "{t:?} is not a size (try 64MiB, 10GiB, 1T or plain bytes)"
+        ))
+    };
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&t[..i], t[i..].trim()),
+        None => (t, ""),
+    };
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(bad()),
+    };
+    let bytes = v * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
 /// `$XDG_DATA_HOME/tidegate`, `~/.local/share/tidegate`, or
 /// `/var/lib/tidegate` when neither is known.
 pub fn data_dir() -> PathBuf {
@@ -226,6 +267,18 @@ pub fn default_state_dir(source: &Source) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_bytes("1.5KiB").unwrap(), 1536);
+        assert_eq!(parse_bytes("2 TB").unwrap(), 2 << 40);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
+        assert!(parse_bytes("-1M").is_err());
+    }
 
     #[test]
     fn durations() {

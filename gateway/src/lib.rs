@@ -12,4 +12,5 @@ pub mod nfs;
 pub mod rpc;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod vfs;

@@ -105,6 +105,28 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     record_bytes_max: Option<usize>,
 
+    /// Block cache on local NVMe: a raw block device or a file (created and preallocated
+    /// when missing). Blocks are read and written O_DIRECT and survive restarts. Without it,
+    /// every read goes to the source.
+    #[arg(long, value_name = "PATH")]
+    cache: Option<PathBuf>,
+
+    /// Bytes of the cache device to use, e.g. 500GiB [default: the whole device, or the
+    /// existing file's size; required for a new file]
+    #[arg(long, value_name = "BYTES")]
+    cache_size: Option<String>,
+
+    /// Unit of caching and of S3 ranged GETs; objects smaller than a block are stored at their
+    /// own size. Changing it starts the cache empty [default: 1MiB]
+    #[arg(long, value_name = "BYTES")]
+    cache_block_size: Option<String>,
+
+    /// Serve Prometheus metrics (/metrics), cache statistics (/stats, read by `tidegate cache
+    /// stats`) and cache warming (/warm, used by `tidegate warm`) over HTTP on this address.
+    /// Keep it on loopback or a management network: it has no authentication
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin: Option<SocketAddr>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. info, debug, tidegate=trace
     /// [env: TIDEGATE_LOG, then RUST_LOG] [default: info]
     #[arg(long, value_name = "FILTER")]
@@ -217,6 +239,28 @@ fn resolve(args: ServeArgs) -> Result<Config> {
             .record_bytes_max
             .or(file.record_bytes_max)
             .unwrap_or(config::DEFAULT_RECORD_BYTES_MAX),
+        cache: None,
+        admin: None,
+    };
+    let cache = match args.cache.or(file.cache) {
+        None => None,
+        Some(path) => Some(tidegate::cache::block::CacheConfig {
+            path,
+            size_bytes: args
+                .cache_size
+                .or(file.cache_size)
+                .map(|s| config::parse_bytes(&s))
+                .transpose()?,
+            block_bytes: match args.cache_block_size.or(file.cache_block_size) {
+                Some(s) => config::parse_bytes(&s)?,
+                None => tidegate::cache::block::BLOCK_BYTES_DEFAULT,
+            },
+        }),
+    };
+    let cfg = Config {
+        cache,
+        admin: args.admin.or(file.admin),
+        ..cfg
     };
     cfg.validate()?;
     Ok(cfg)

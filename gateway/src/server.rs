@@ -5,7 +5,9 @@
 //! the core that accepted it.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{watch, Notify};
 
+use crate::cache::block::{BlockCache, CacheError};
 use crate::cache::meta::{MetaCache, MetaTtls};
 use crate::config::{Config, Source, RECV_BUFFER_BYTES};
 use crate::io::{cpu, net::Listener, ring::Ring};
@@ -23,9 +26,12 @@ use crate::rpc::Services;
 use crate::store::outage::OutageTracking;
 use crate::store::s3::{S3Config, S3Store};
 use crate::store::{dir::DirStore, ObjectStore, StoreError};
+use crate::telemetry::http::{serve_admin, WarmTarget};
 use crate::vfs::handles::{HandleError, HandleTable};
 use crate::vfs::Vfs;
 
+/// How often the control thread checks that the cache device is still there.
+const DEVICE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long shutdown waits for connections to finish their calls.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed accept (e.g. out of descriptors) before retrying.
@@ -52,6 +58,8 @@ pub enum ServerError {
         source_desc: String,
         error: StoreError,
     },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     #[error("worker {index}: {message}")]
     Worker { index: usize, message: String },
 }
@@ -114,6 +122,30 @@ impl Server {
             Source::S3(c) => Arc::new(OutageTracking::new(open_s3(c)?, config.store_outage_bound)),
         };
         let handles = HandleTable::open(&config.state_dir, &config.source.describe())?;
+        let cache = match &config.cache {
+            None => None,
+            Some(c) => {
+                let (cache, report) = BlockCache::open(c)?;
+                tracing::info!(
+                    path = %c.path.display(),
+                    capacity_bytes = cache.capacity_bytes(),
+                    block_bytes = cache.block_bytes(),
+                    formatted = report.formatted,
+                    entries = report.entries,
+                    cached_bytes = report.bytes,
+                    recovery_ms = report.millis as u64,
+                    "block cache ready"
+                );
+                Some(Arc::new(cache))
+            }
+        };
+        let admin = match config.admin {
+            None => None,
+            Some(addr) => Some(
+                std::net::TcpListener::bind(addr)
+                    .map_err(|source| ServerError::Listen { addr, source })?,
+            ),
+        };
         let services = Arc::new(Services {
             vfs: Vfs::new(
                 store,
@@ -123,7 +155,8 @@ impl Server {
                     negative: config.negative_ttl,
                     immutable: config.immutable,
                 }),
-            ),
+            )
+            .with_cache(cache),
             mounts: MountTable::default(),
         });
 
@@ -171,6 +204,22 @@ impl Server {
                 .spawn(move || w.run(ready))
                 .map_err(|e| ServerError::Worker {
                     index,
+                    message: e.to_string(),
+                })?;
+            workers.push(handle);
+        }
+        {
+            let control = Control {
+                services: services.clone(),
+                admin,
+                shutdown: shutdown_rx.clone(),
+            };
+            let ready = ready_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name("tidegate-ctl".into())
+                .spawn(move || control.run(ready))
+                .map_err(|e| ServerError::Worker {
+                    index: usize::MAX,
                     message: e.to_string(),
                 })?;
             workers.push(handle);
@@ -280,6 +329,9 @@ impl Worker {
                 return;
             }
         };
+        if let Some(cache) = self.services.vfs.cache() {
+            cache.init_worker();
+        }
         let _ = ready.send(Ok(()));
         drop(ready);
         tracing::debug!(worker = self.index, cpu = ?self.cpu, "worker ready");
@@ -335,5 +387,95 @@ impl Worker {
             completed = stats.completed_ops,
             "worker stopped"
         );
+    }
+}
+
+/// The control thread: admin HTTP endpoint (metrics, stats, warm) and the
+/// periodic cache device check. Never on a data core's ring.
+struct Control {
+    services: Arc<Services>,
+    admin: Option<std::net::TcpListener>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Control {
+    fn run(self, ready: Ready) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready.send(Err((usize::MAX, format!("control runtime: {e}"))));
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, self.serve(ready));
+    }
+
+    async fn serve(self, ready: Ready) {
+        // Warming writes cache blocks through a ring of this thread's own.
+        let _ring = match Ring::start() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = ready.send(Err((usize::MAX, format!("control io_uring setup: {e}"))));
+                return;
+            }
+        };
+        if let Some(admin) = self.admin {
+            let listener = admin
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(admin));
+            match listener {
+                Ok(l) => {
+                    if let Ok(a) = l.local_addr() {
+                        tracing::info!(addr = %a, "admin endpoint: /metrics /stats /warm");
+                    }
+                    let warm: Option<Arc<dyn WarmTarget>> =
+                        self.services.vfs.cache().is_some().then(|| {
+                            Arc::new(CacheWarmer(self.services.clone())) as Arc<dyn WarmTarget>
+                        });
+                    tokio::task::spawn_local(serve_admin(l, warm, self.shutdown.clone()));
+                }
+                Err(e) => {
+                    let _ = ready.send(Err((usize::MAX, format!("admin endpoint: {e}"))));
+                    return;
+                }
+            }
+        }
+        let _ = ready.send(Ok(()));
+        drop(ready);
+        let mut shutdown = self.shutdown.clone();
+        let mut tick = tokio::time::interval(DEVICE_CHECK_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tick.tick() => {
+                    if let Some(c) = self.services.vfs.cache() {
+                        c.check_device();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Warms the cache for the admin endpoint: one object at a time, at its
+/// current version.
+struct CacheWarmer(Arc<Services>);
+
+impl WarmTarget for CacheWarmer {
+    fn warm<'a>(&'a self, key: &'a str) -> Pin<Box<dyn Future<Output = Result<u64, String>> + 'a>> {
+        Box::pin(async move {
+            let vfs = &self.0.vfs;
+            let cache = vfs.cache().ok_or("this gateway runs without a cache")?;
+            let key = key.trim_start_matches('/');
+            let meta = vfs.store().head(key).await.map_err(|e| e.to_string())?;
+            cache
+                .warm(vfs.store().as_ref(), key, &meta.etag, meta.size)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }

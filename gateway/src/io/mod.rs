@@ -6,7 +6,9 @@
 //! [`net::Stream`] and owned buffers, so registered buffers, O_DIRECT device
 //! reads and zero-copy sends can be added behind the same calls.
 
+pub mod aligned;
 pub mod buf;
 pub mod cpu;
+pub mod disk;
 pub mod net;
 pub mod ring;

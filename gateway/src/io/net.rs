@@ -10,10 +10,32 @@ use std::rc::Rc;
 
 use io_uring::{opcode, types};
 
-use super::ring::{Op, Ring};
+use super::ring::{Op, Ring, ZcOp};
 
 /// Pending connections the kernel queues per listener.
 pub const LISTEN_BACKLOG: i32 = 1024;
+/// Something sent as a list of byte slices (a reply and its data).
+pub trait IoSlices: 'static {
+    fn slices<'a>(&'a self, out: &mut Vec<&'a [u8]>);
+}
+
+/// The buffers of one zero-copy send batch, alive until every send that
+/// points into them has its notification.
+struct ZcBatch<T> {
+    items: Vec<T>,
+}
+
+/// One SENDMSG_ZC's header and iovecs, plus a hold on the batch.
+struct ZcMsg<T> {
+    msg: libc::msghdr,
+    iovecs: Vec<libc::iovec>,
+    _batch: Rc<ZcBatch<T>>,
+}
+
+/// Ask the kernel to say in each zero-copy notification whether it had to
+/// copy after all (IORING_SEND_ZC_REPORT_USAGE).
+const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+
 /// iovecs in one send (Linux's UIO_MAXIOV is 1024).
 pub const SEND_IOVECS_MAX: usize = 256;
 
@@ -263,6 +285,65 @@ impl Stream {
             }
         }
         (Ok(()), state.bufs)
+    }
+
+    /// Send every item's slices in order with zero-copy sends
+    /// (SENDMSG_ZC). The items stay alive until the kernel's notification
+    /// for each send says it no longer reads them; the caller does not wait
+    /// for that.
+    pub async fn send_all_zc<T: IoSlices>(&self, ring: &Rc<Ring>, items: Vec<T>) -> io::Result<()> {
+        let batch = Rc::new(ZcBatch { items });
+        let mut slices: Vec<&[u8]> = Vec::new();
+        for it in &batch.items {
+            it.slices(&mut slices);
+        }
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let mut sent = 0usize;
+        while sent < total {
+            let mut zm = Box::new(ZcMsg {
+                // SAFETY: msghdr is plain data; all-zero is valid.
+                msg: unsafe { std::mem::zeroed() },
+                iovecs: Vec::with_capacity(slices.len().min(SEND_IOVECS_MAX)),
+                _batch: batch.clone(),
+            });
+            let mut skip = sent;
+            for s in &slices {
+                if skip >= s.len() {
+                    skip -= s.len();
+                    continue;
+                }
+                zm.iovecs.push(libc::iovec {
+                    iov_base: s[skip..].as_ptr() as *mut libc::c_void,
+                    iov_len: s.len() - skip,
+                });
+                skip = 0;
+                if zm.iovecs.len() == SEND_IOVECS_MAX {
+                    break;
+                }
+            }
+            zm.msg.msg_iov = zm.iovecs.as_mut_ptr();
+            zm.msg.msg_iovlen = zm.iovecs.len();
+            let entry = opcode::SendMsgZc::new(types::Fd(self.fd.as_raw_fd()), &zm.msg)
+                .ioprio(SEND_ZC_REPORT_USAGE)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build();
+            // SAFETY: msghdr and iovecs live in the box, the bytes in the
+            // batch the box holds; the op keeps the box until the kernel's
+            // notification.
+            let op = unsafe { ZcOp::submit(ring, entry, zm) }?;
+            crate::telemetry::add(crate::telemetry::Counter::SendZc, 1);
+            match op.await {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "peer stopped reading",
+                    ))
+                }
+                Ok(n) => sent += n as usize,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Shut both directions down so pending ring operations on the socket

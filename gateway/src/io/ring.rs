@@ -24,6 +24,10 @@ use std::task::{Context, Poll, Waker};
 use io_uring::{squeue, IoUring};
 use tokio::io::unix::AsyncFd;
 
+/// Set in a zero-copy notification's result when the kernel had to copy
+/// (always the case on loopback).
+const ZC_COPIED: u32 = 1 << 31;
+
 /// Submission queue entries per ring.
 pub const RING_SQ_ENTRIES: u32 = 256;
 /// Completion queue entries per ring (operations in flight per ring are
@@ -33,7 +37,11 @@ pub const RING_CQ_ENTRIES: u32 = 4096;
 enum Slot {
     Vacant,
     Waiting(Option<Waker>),
-    Completed { res: i32, flags: u32 },
+    Completed {
+        res: i32,
+        flags: u32,
+        notified: bool,
+    },
     Orphaned(#[allow(dead_code)] Box<dyn Any>),
 }
 
@@ -112,6 +120,21 @@ impl Ring {
         Ok(ring)
     }
 
+    /// The ring of the calling thread, if it has one.
+    pub fn try_current() -> Option<Rc<Ring>> {
+        CURRENT.with(|c| c.borrow().clone())
+    }
+
+    /// Register fixed buffers (READ_FIXED / WRITE_FIXED targets).
+    ///
+    /// # Safety
+    /// The memory must stay allocated until the ring is dropped.
+    pub unsafe fn register_buffers(&self, iovecs: &[libc::iovec]) -> io::Result<()> {
+        let uring = self.uring.borrow();
+        // SAFETY: forwarded to the caller.
+        unsafe { uring.submitter().register_buffers(iovecs) }
+    }
+
     /// The ring of the calling worker thread.
     pub fn current() -> Rc<Ring> {
         CURRENT.with(|c| {
@@ -154,11 +177,26 @@ impl Ring {
             let Some(slot) = slots.slots.get_mut(i) else {
                 continue;
             };
+            let (res, flags) = (cqe.result(), cqe.flags());
+            if io_uring::cqueue::notif(flags) {
+                // The second completion of a zero-copy send: the kernel is
+                // done with the buffers.
+                if res as u32 & ZC_COPIED != 0 {
+                    crate::telemetry::add(crate::telemetry::Counter::SendZcCopied, 1);
+                }
+                match slot {
+                    Slot::Orphaned(_) => slots.release(i),
+                    Slot::Completed { notified, .. } => *notified = true,
+                    _ => tracing::error!(slot = i, "zero-copy notification for an idle slot"),
+                }
+                continue;
+            }
             match std::mem::replace(
                 slot,
                 Slot::Completed {
-                    res: cqe.result(),
-                    flags: cqe.flags(),
+                    res,
+                    flags,
+                    notified: false,
                 },
             ) {
                 Slot::Waiting(w) => {
@@ -166,7 +204,15 @@ impl Ring {
                         w.wake();
                     }
                 }
-                Slot::Orphaned(_) => slots.release(i),
+                Slot::Orphaned(b) => {
+                    if io_uring::cqueue::more(flags) {
+                        // A zero-copy send whose future is gone: keep the
+                        // buffers until the notification.
+                        *slot = Slot::Orphaned(b);
+                    } else {
+                        slots.release(i);
+                    }
+                }
                 Slot::Vacant | Slot::Completed { .. } => {
                     tracing::error!(slot = i, "completion for an idle io_uring slot");
                 }
@@ -259,7 +305,7 @@ impl<T: 'static + Unpin> Future for Op<T> {
                 }
                 Poll::Pending
             }
-            Slot::Completed { res, flags } => {
+            Slot::Completed { res, flags, .. } => {
                 let (res, flags) = (*res, *flags);
                 slots.release(this.index);
                 let result = if res < 0 {
@@ -285,8 +331,67 @@ impl<T: 'static> Drop for Op<T> {
         };
         let mut slots = self.ring.slots.borrow_mut();
         match slots.slots[self.index] {
+            Slot::Completed {
+                flags,
+                notified: false,
+                ..
+            } if io_uring::cqueue::more(flags) => {
+                slots.slots[self.index] = Slot::Orphaned(Box::new(data))
+            }
             Slot::Completed { .. } => slots.release(self.index),
             _ => slots.slots[self.index] = Slot::Orphaned(Box::new(data)),
         }
+    }
+}
+
+/// A zero-copy send in flight. It resolves with the bytes sent as soon as
+/// the kernel reports them; the buffers in `data` stay parked in the slot
+/// table until the kernel's notification says it no longer reads them.
+pub struct ZcOp<T: 'static>(Op<T>);
+
+impl<T: 'static> ZcOp<T> {
+    /// # Safety
+    /// As [`Op::submit`]; `entry` must be a SEND_ZC or SENDMSG_ZC.
+    pub unsafe fn submit(ring: &Rc<Ring>, entry: squeue::Entry, data: T) -> io::Result<ZcOp<T>> {
+        // SAFETY: forwarded to the caller.
+        unsafe { Op::submit(ring, entry, data) }.map(ZcOp)
+    }
+}
+
+impl<T: 'static + Unpin> Future for ZcOp<T> {
+    type Output = io::Result<u32>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let op = &mut self.0;
+        let ring = op.ring.clone();
+        let mut slots = ring.slots.borrow_mut();
+        let (res, flags, notified) = match &mut slots.slots[op.index] {
+            Slot::Waiting(w) => {
+                match w {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *w = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+            Slot::Completed {
+                res,
+                flags,
+                notified,
+            } => (*res, *flags, *notified),
+            Slot::Vacant | Slot::Orphaned(_) => panic!("io_uring op polled in a bad state"),
+        };
+        let data = op.data.take().expect("op polled after completion");
+        if io_uring::cqueue::more(flags) && !notified {
+            slots.slots[op.index] = Slot::Orphaned(Box::new(data));
+        } else {
+            slots.release(op.index);
+            drop(slots);
+            drop(data);
+        }
+        Poll::Ready(if res < 0 {
+            Err(io::Error::from_raw_os_error(-res))
+        } else {
+            Ok(res as u32)
+        })
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::record::RecordAssembler;
-use super::{handle_record, Services};
+use super::{handle_call, Reply, Services};
 use crate::io::buf;
 use crate::io::net::{Stream, SEND_IOVECS_MAX};
 use crate::io::ring::Ring;
@@ -29,16 +29,16 @@ pub struct ConnLimits {
     pub recv_buffer_bytes: usize,
 }
 
-type Outgoing = (Vec<u8>, OwnedSemaphorePermit);
+type Outgoing = (Reply, OwnedSemaphorePermit);
 
 async fn writer(ring: Rc<Ring>, stream: Stream, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    let mut batch: Vec<Vec<u8>> = Vec::new();
+    let mut batch: Vec<Reply> = Vec::new();
     let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
     while let Some((reply, permit)) = rx.recv().await {
         let mut bytes = reply.len();
         batch.push(reply);
         permits.push(permit);
-        while batch.len() < SEND_IOVECS_MAX && bytes < SEND_BATCH_BYTES_MAX {
+        while batch.len() < SEND_IOVECS_MAX / 4 && bytes < SEND_BATCH_BYTES_MAX {
             match rx.try_recv() {
                 Ok((reply, permit)) => {
                     bytes += reply.len();
@@ -48,9 +48,17 @@ async fn writer(ring: Rc<Ring>, stream: Stream, mut rx: mpsc::UnboundedReceiver<
                 Err(_) => break,
             }
         }
-        let (r, sent) = stream.send_all(&ring, std::mem::take(&mut batch)).await;
+        let r = if batch.iter().any(|r| r.body.is_some()) {
+            // Cache data goes out zero-copy; the buffers return to their
+            // pools when the kernel is done with them.
+            stream.send_all_zc(&ring, std::mem::take(&mut batch)).await
+        } else {
+            let heads = batch.drain(..).map(|r| r.head).collect();
+            let (r, sent) = stream.send_all(&ring, heads).await;
+            sent.into_iter().for_each(buf::give);
+            r
+        };
         permits.clear();
-        sent.into_iter().for_each(buf::give);
         if let Err(e) = r {
             tracing::debug!(error = %e, "send failed; closing connection");
             stream.shutdown();
@@ -108,7 +116,7 @@ pub async fn serve(
             let tx = tx.clone();
             let services = services.clone();
             tokio::task::spawn_local(async move {
-                if let Some(reply) = handle_record(&services, peer, &rec).await {
+                if let Some(reply) = handle_call(&services, peer, &rec).await {
                     // The writer may be gone after a send error; nothing to do.
                     let _ = tx.send((reply, permit));
                 }

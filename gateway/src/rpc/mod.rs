@@ -6,8 +6,11 @@ pub mod conn;
 pub mod msg;
 pub mod record;
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 
+use crate::cache::block::Piece;
+use crate::io::net::IoSlices;
 use crate::nfs::xdr::Encoder;
 use crate::nfs::{mount, v3};
 use crate::vfs::Vfs;
@@ -27,6 +30,56 @@ pub struct CallContext<'a> {
     pub mounts: &'a mount::MountTable,
     pub auth: &'a Auth,
     pub peer: Option<SocketAddr>,
+    /// Bulk data a procedure answers with (READ from the block cache): sent
+    /// after the encoded reply, straight from the cache buffers.
+    pub body: RefCell<Option<ReplyBody>>,
+}
+
+/// Data that follows a reply's encoded part, plus XDR padding.
+pub struct ReplyBody {
+    pub pieces: Vec<Piece>,
+    pub pad_bytes: usize,
+}
+
+impl ReplyBody {
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(|p| p.bytes().len()).sum::<usize>() + self.pad_bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One reply record: its encoded part (record mark included) and bulk data.
+pub struct Reply {
+    pub head: Vec<u8>,
+    pub body: Option<ReplyBody>,
+}
+
+impl Reply {
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.as_ref().map_or(0, ReplyBody::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+const ZERO_PAD: [u8; 4] = [0; 4];
+
+impl IoSlices for Reply {
+    fn slices<'a>(&'a self, out: &mut Vec<&'a [u8]>) {
+        out.push(&self.head);
+        if let Some(b) = &self.body {
+            out.extend(b.pieces.iter().map(Piece::bytes));
+            if b.pad_bytes > 0 {
+                out.push(&ZERO_PAD[..b.pad_bytes]);
+            }
+        }
+    }
 }
 
 /// Shared by every connection of every worker.
@@ -38,13 +91,31 @@ pub struct Services {
 /// Bytes reserved at the start of every reply for its record mark.
 pub const RECORD_MARK_BYTES: usize = 4;
 
-/// Answer one record. `None` means the record is not a usable call and
-/// gets no reply.
+/// Answer one record as a single buffer (the body copied in).
 pub async fn handle_record(
     services: &Services,
     peer: Option<SocketAddr>,
     record: &[u8],
 ) -> Option<Vec<u8>> {
+    let reply = handle_call(services, peer, record).await?;
+    let mut out = reply.head;
+    if let Some(b) = reply.body {
+        for p in &b.pieces {
+            out.extend_from_slice(p.bytes());
+        }
+        out.extend_from_slice(&ZERO_PAD[..b.pad_bytes]);
+    }
+    Some(out)
+}
+
+/// Answer one record. `None` means the record is not a usable call and
+/// gets no reply.
+pub async fn handle_call(
+    services: &Services,
+    peer: Option<SocketAddr>,
+    record: &[u8],
+) -> Option<Reply> {
+    let mut body = None;
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(&[0u8; RECORD_MARK_BYTES]);
     match msg::parse_call(record) {
@@ -71,6 +142,7 @@ pub async fn handle_record(
                 mounts: &services.mounts,
                 auth: &call.auth,
                 peer,
+                body: RefCell::new(None),
             };
             let (low, high, known) = match call.prog {
                 v3::PROGRAM => (v3::VERSION, v3::VERSION, true),
@@ -103,12 +175,15 @@ pub async fn handle_record(
                     );
                     out.truncate(RECORD_MARK_BYTES);
                     msg::encode_accepted(&mut Encoder::new(&mut out), call.xid, stat);
+                } else {
+                    body = ctx.body.take();
                 }
             }
         }
     }
-    record::finish_record(&mut out);
-    Some(out)
+    let body_bytes = body.as_ref().map_or(0, ReplyBody::len);
+    record::finish_record(&mut out, body_bytes);
+    Some(Reply { head: out, body })
 }
 
 #[cfg(test)]

@@ -100,10 +100,10 @@ impl RecordAssembler {
     }
 }
 
-/// Prefix `body` (which starts with 4 reserved bytes) with a single
-/// last-fragment mark.
-pub fn finish_record(buf: &mut [u8]) {
-    let len = (buf.len() - 4) as u32;
+/// Write the record mark into the first 4 bytes of `buf`, for a record of
+/// `buf` (after the mark) followed by `more_bytes` sent separately.
+pub fn finish_record(buf: &mut [u8], more_bytes: usize) {
+    let len = (buf.len() - 4 + more_bytes) as u32;
     buf[..4].copy_from_slice(&(len | LAST_FRAGMENT).to_be_bytes());
 }
 
@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn finish_record_sets_mark() {
         let mut v = vec![0, 0, 0, 0, 9, 9];
-        finish_record(&mut v);
+        finish_record(&mut v, 0);
         assert_eq!(&v[..4], &(LAST_FRAGMENT | 2).to_be_bytes());
     }
 

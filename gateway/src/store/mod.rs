@@ -67,6 +67,46 @@ pub enum StoreError {
     Config { message: String },
 }
 
+impl StoreError {
+    /// A copy of this error for a second caller waiting on the same
+    /// request (I/O errors keep their kind and message).
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::NotFound { key } => StoreError::NotFound { key: key.clone() },
+            StoreError::Io { op, key, source } => StoreError::Io {
+                op,
+                key: key.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            StoreError::InvalidKey { key, why } => StoreError::InvalidKey {
+                key: key.clone(),
+                why,
+            },
+            StoreError::PreconditionFailed { key } => {
+                StoreError::PreconditionFailed { key: key.clone() }
+            }
+            StoreError::Unavailable { op, key, message } => StoreError::Unavailable {
+                op,
+                key: key.clone(),
+                message: message.clone(),
+            },
+            StoreError::Down { op, key, seconds } => StoreError::Down {
+                op,
+                key: key.clone(),
+                seconds: *seconds,
+            },
+            StoreError::Denied { op, key, message } => StoreError::Denied {
+                op,
+                key: key.clone(),
+                message: message.clone(),
+            },
+            StoreError::Config { message } => StoreError::Config {
+                message: message.clone(),
+            },
+        }
+    }
+}
+
 /// What a HEAD or a LIST says about one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {

@@ -21,6 +21,7 @@ pub use error::{FsError, FsResult};
 pub use handles::{HandleTable, Node, NodeKind};
 pub use listing::{DirEntry, Found, ListingState};
 
+use crate::cache::block::{BlockCache, Piece};
 use crate::cache::meta::MetaCache;
 use crate::store::{ObjectStore, StoreError, LIST_PAGE_KEYS_MAX};
 
@@ -80,6 +81,7 @@ pub struct Vfs {
     store: Arc<dyn ObjectStore>,
     handles: HandleTable,
     meta: MetaCache,
+    cache: Option<Arc<BlockCache>>,
 }
 
 fn not_found_is_stale(e: StoreError) -> FsError {
@@ -95,7 +97,17 @@ impl Vfs {
             store,
             handles,
             meta,
+            cache: None,
         }
+    }
+
+    /// Serve file data through a block cache.
+    pub fn with_cache(self, cache: Option<Arc<BlockCache>>) -> Self {
+        Self { cache, ..self }
+    }
+
+    pub fn cache(&self) -> Option<&Arc<BlockCache>> {
+        self.cache.as_ref()
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -301,6 +313,63 @@ impl Vfs {
             }
         }
         Err(FsError::Stale)
+    }
+
+    /// Read through the block cache: the bytes come back as pieces of cache
+    /// buffers, ready to be sent without a copy. `None` when no cache is in
+    /// use (or it was disabled) and the caller should use [`Vfs::read`].
+    pub async fn read_cached(
+        &self,
+        node: &Node,
+        offset: u64,
+        count: usize,
+    ) -> Option<FsResult<(Vec<Piece>, usize, bool, Attr)>> {
+        let cache = self.cache.as_ref().filter(|c| c.is_enabled())?;
+        if node.kind() == NodeKind::Dir {
+            return Some(Err(FsError::IsDir));
+        }
+        let mut attr = match self.getattr(node).await {
+            Ok(a) => a,
+            Err(e) => return Some(Err(e)),
+        };
+        for attempt in 0..2 {
+            if offset >= attr.size || count == 0 {
+                return Some(Ok((Vec::new(), 0, offset >= attr.size, attr)));
+            }
+            let etag = attr.etag.clone()?;
+            let want = (attr.size - offset).min(count as u64) as usize;
+            match cache
+                .read(
+                    self.store.as_ref(),
+                    &node.key,
+                    &etag,
+                    attr.size,
+                    offset,
+                    want,
+                )
+                .await
+            {
+                Ok(pieces) => {
+                    let eof = offset + want as u64 >= attr.size;
+                    return Some(Ok((pieces, want, eof, attr)));
+                }
+                Err(StoreError::PreconditionFailed { .. }) if attempt == 0 => {
+                    tracing::debug!(key = %node.key, "object changed during read; re-reading its attributes");
+                    self.meta.forget_attr(node.id);
+                    attr = match self.getattr(node).await {
+                        Ok(a) => a,
+                        Err(e) => return Some(Err(e)),
+                    };
+                }
+                Err(e) => {
+                    if matches!(e, StoreError::NotFound { .. }) {
+                        self.meta.forget_attr(node.id);
+                    }
+                    return Some(Err(not_found_is_stale(e)));
+                }
+            }
+        }
+        Some(Err(FsError::Stale))
     }
 
     /// The cached listing of `dir`, or a new, empty one.

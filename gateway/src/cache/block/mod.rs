@@ -1,0 +1,911 @@
+//! The NVMe block cache: object data kept on a local device so that every
+//! epoch after the first reads at device speed instead of from S3.
+//!
+//! **Units.** An object is cut into blocks of `block_bytes` (1 MiB by
+//! default); the last block, and any object smaller than a block, is stored
+//! at its real length rounded to 4 KiB, so a dataset of 100 KiB files is
+//! not padded tenfold. A block is identified by (object key, ETag, block
+//! index): a new version of an object has a new ETag and so new blocks, and
+//! the old ones simply age out.
+//!
+//! **Device.** A raw block device or a preallocated file, opened O_DIRECT so
+//! the page cache neither doubles the memory use nor hides the device's
+//! real behaviour. The first 4 KiB hold a superblock ([`format`]); the rest
+//! is cut into regions that records are appended to ([`index`]). Every
+//! record carries a self-describing header with the block's identity and
+//! checksums of header and data, so at start-up the index is rebuilt by
+//! reading the headers (a clean stop and a `kill -9` are the same case), a
+//! torn or flipped record is never served, and a reader that races with the
+//! reclamation of a region notices instead of returning another block's
+//! bytes.
+//!
+//! **Policy.** Regions are reclaimed oldest first, but only when a
+//! frequency sketch says the block that missed is read more often than
+//! what would leave ([`policy`]); a cyclic sweep over a dataset larger than
+//! the cache keeps a cache-full of it instead of thrashing.
+//!
+//! **Reads.** A hit is one O_DIRECT read of the record into a (registered)
+//! page-aligned buffer on the worker's ring; the data is then sent from
+//! that buffer with a zero-copy send. A miss fetches the whole block with
+//! one ranged GET, however many readers on however many cores want it at
+//! once (single flight: the first becomes the fetcher, the rest wait for
+//! its result), answers from the fetched buffer and writes it to the device
+//! in the background; the flight stays visible until the write completes so
+//! nobody fetches the block a second time meanwhile.
+//!
+//! **Faults.** A full device, an I/O error or the cache file vanishing never
+//! fails a read: the block is served from the store, the event is counted
+//! and logged once per kind.
+
+pub mod format;
+pub mod index;
+pub mod policy;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::io::aligned::{align_up, AlignedBuf, PoolBuf, ALIGN_BYTES};
+use crate::io::disk;
+use crate::store::{ObjectStore, StoreError};
+use crate::telemetry::{self, Counter, Gauge, Latency};
+use format::{RecordHeader, Superblock, SUPER_BYTES};
+use index::{block_id, Admission, BlockId, Directory, Layout, Loc};
+
+/// Smallest and largest block size accepted (bytes).
+pub const BLOCK_BYTES_MIN: u64 = 64 << 10;
+pub const BLOCK_BYTES_MAX: u64 = 16 << 20;
+/// Default block size (bytes).
+pub const BLOCK_BYTES_DEFAULT: u64 = 1 << 20;
+/// Smallest cache accepted (bytes).
+pub const CACHE_BYTES_MIN: u64 = 8 << 20;
+/// Threads reading record headers at start-up.
+const RECOVERY_THREADS: usize = 8;
+/// Registered read buffers per worker thread.
+pub const READ_BUFFERS_PER_WORKER: usize = 32;
+
+#[derive(Debug, Error)]
+pub enum CacheError {
+    #[error("cache {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cache {path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("cache {path} is in use by another process (it holds the lock)")]
+    Locked { path: String },
+}
+
+/// How to open the cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub path: PathBuf,
+    /// Device bytes to use; required for a new file, at most the device's
+    /// size for a block device.
+    pub size_bytes: Option<u64>,
+    pub block_bytes: u64,
+}
+
+/// A block fetched from the store, laid out as a record (header then data)
+/// so the same buffer is answered from and written to the device.
+pub struct Fetched {
+    buf: AlignedBuf,
+    header_len: usize,
+    data_len: usize,
+}
+
+impl Fetched {
+    pub fn data(&self) -> &[u8] {
+        &self.buf.as_slice()[self.header_len..self.header_len + self.data_len]
+    }
+}
+
+/// Part of a read's answer, borrowed from a cache buffer until sent.
+pub enum Piece {
+    /// Read from the device into a worker-owned buffer.
+    Cached {
+        buf: PoolBuf,
+        start: usize,
+        len: usize,
+    },
+    /// Fetched from the store (shared with other waiters).
+    Shared {
+        block: Arc<Fetched>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl Piece {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Piece::Cached { buf, start, len } => &buf.buf().as_slice()[*start..*start + *len],
+            Piece::Shared { block, start, len } => &block.data()[*start..*start + *len],
+        }
+    }
+}
+
+type FlightResult = Option<Result<Arc<Fetched>, Arc<StoreError>>>;
+
+/// Which fault kinds were already logged (each is logged once).
+#[derive(Default)]
+struct Logged {
+    read_error: AtomicBool,
+    write_error: AtomicBool,
+    no_space: AtomicBool,
+    checksum: AtomicBool,
+}
+
+fn log_once(flag: &AtomicBool) -> bool {
+    !flag.swap(true, Ordering::Relaxed)
+}
+
+pub struct BlockCache {
+    file: File,
+    path: PathBuf,
+    dev_ino: (u64, u64),
+    regular_file: bool,
+    cache_id: [u8; 16],
+    block_bytes: u64,
+    layout: Layout,
+    dir: Mutex<Directory>,
+    flights: Mutex<HashMap<BlockId, watch::Receiver<FlightResult>>>,
+    enabled: AtomicBool,
+    logged: Logged,
+    registered_buffers: AtomicU64,
+}
+
+fn random_id() -> io::Result<[u8; 16]> {
+    let mut id = [0u8; 16];
+    // SAFETY: getrandom writes at most `len` bytes into the array.
+    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+    if n != id.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(id)
+}
+
+fn block_device_bytes(file: &File) -> io::Result<u64> {
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 into `size`.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+fn pread_exact(fd: RawFd, buf: &mut AlignedBuf, offset: u64, len: usize) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        // SAFETY: `done < len <= capacity`; the buffer outlives the call.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                buf.as_mut_ptr().add(done).cast(),
+                len - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "cache device ended early",
+            ));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+fn pwrite_all(fd: RawFd, buf: &AlignedBuf, offset: u64, len: usize) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        // SAFETY: in bounds of the buffer, which outlives the call.
+        let n = unsafe {
+            libc::pwrite(
+                fd,
+                buf.as_ptr().add(done).cast(),
+                len - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// What start-up found on the device.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    pub formatted: bool,
+    pub entries: usize,
+    pub bytes: u64,
+    pub millis: u128,
+}
+
+impl BlockCache {
+    /// Open (creating and formatting if needed) and recover the cache.
+    pub fn open(config: &CacheConfig) -> Result<(BlockCache, RecoveryReport), CacheError> {
+        let path = config.path.clone();
+        let pstr = path.display().to_string();
+        let io_err = |source: io::Error| CacheError::Io {
+            path: pstr.clone(),
+            source,
+        };
+        let invalid = |message: String| CacheError::Invalid {
+            path: pstr.clone(),
+            message,
+        };
+        if !(BLOCK_BYTES_MIN..=BLOCK_BYTES_MAX).contains(&config.block_bytes)
+            || config.block_bytes % ALIGN_BYTES as u64 != 0
+        {
+            return Err(invalid(format!(
+                "block size must be a multiple of 4 KiB between {} KiB and {} MiB",
+                BLOCK_BYTES_MIN >> 10,
+                BLOCK_BYTES_MAX >> 20
+            )));
+        }
+        let existing = std::fs::metadata(&path).ok();
+        let is_blockdev = existing
+            .as_ref()
+            .is_some_and(|m| m.file_type().is_block_device());
+        if existing.as_ref().is_some_and(|m| m.is_dir()) {
+            return Err(invalid(
+                "is a directory; give a file or block device path".into(),
+            ));
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(!is_blockdev)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    invalid("the file system does not support O_DIRECT".into())
+                } else {
+                    io_err(e)
+                }
+            })?;
+        // SAFETY: flock on our own descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(CacheError::Locked { path: pstr.clone() });
+        }
+        let device_bytes = if is_blockdev {
+            let dev = block_device_bytes(&file).map_err(io_err)?;
+            config.size_bytes.map_or(dev, |s| s.min(dev))
+        } else {
+            let current = file.metadata().map_err(io_err)?.len();
+            let want = match config.size_bytes {
+                Some(s) => s,
+                None if current > 0 => current,
+                None => {
+                    return Err(invalid(
+                        "a new cache file needs --cache-size (e.g. --cache-size 100GiB)".into(),
+                    ))
+                }
+            };
+            let want = want / ALIGN_BYTES as u64 * ALIGN_BYTES as u64;
+            if current != want {
+                file.set_len(want).map_err(io_err)?;
+            }
+            // SAFETY: fallocate on our own descriptor over its length.
+            let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, want as libc::off_t) };
+            if r != 0 {
+                let e = io::Error::last_os_error();
+                tracing::warn!(path = %pstr, error = %e,
+                    "could not preallocate the cache file; continuing with a sparse file, writes fail once its file system is full");
+            }
+            want
+        };
+        if device_bytes < CACHE_BYTES_MIN {
+            return Err(invalid(format!(
+                "{device_bytes} bytes is too small; the cache needs at least {} MiB",
+                CACHE_BYTES_MIN >> 20
+            )));
+        }
+        let record_max = align_up(format::HEADER_BYTES_MAX + config.block_bytes as usize) as u64;
+        let layout = Layout::for_device(device_bytes, record_max)
+            .ok_or_else(|| invalid("too small for two regions of four blocks".into()))?;
+        let md = file.metadata().map_err(io_err)?;
+        let fd = file.as_raw_fd();
+        let start = Instant::now();
+
+        let mut page = AlignedBuf::new(SUPER_BYTES as usize);
+        let found = match pread_exact(fd, &mut page, 0, SUPER_BYTES as usize) {
+            Ok(()) => Superblock::decode(page.as_slice()),
+            Err(_) => None,
+        };
+        let wanted = |id| Superblock {
+            block_bytes: config.block_bytes as u32,
+            cache_id: id,
+            device_bytes,
+            region_bytes: layout.region_bytes,
+            region_count: layout.region_count,
+        };
+        let mut report = RecoveryReport::default();
+        let mut dir = Directory::new(layout, config.block_bytes);
+        let cache_id = match found {
+            Some(sb) if sb == wanted(sb.cache_id) => {
+                recover(fd, &sb.cache_id, layout, &mut dir).map_err(io_err)?;
+                sb.cache_id
+            }
+            other => {
+                if let Some(sb) = other {
+                    tracing::info!(path = %pstr, old_block_bytes = sb.block_bytes, old_device_bytes = sb.device_bytes,
+                        "cache geometry changed; starting it empty");
+                }
+                let id = random_id().map_err(io_err)?;
+                wanted(id).encode(page.as_mut_slice());
+                pwrite_all(fd, &page, 0, SUPER_BYTES as usize).map_err(io_err)?;
+                file.sync_data().map_err(io_err)?;
+                report.formatted = true;
+                id
+            }
+        };
+        dir.finish_recovery();
+        report.entries = dir.entries();
+        report.bytes = dir.live_bytes();
+        report.millis = start.elapsed().as_millis();
+        let cache = BlockCache {
+            file,
+            path,
+            dev_ino: (md.dev(), md.ino()),
+            regular_file: !is_blockdev,
+            cache_id,
+            block_bytes: config.block_bytes,
+            layout,
+            dir: Mutex::new(dir),
+            flights: Mutex::new(HashMap::new()),
+            enabled: AtomicBool::new(true),
+            logged: Logged::default(),
+            registered_buffers: AtomicU64::new(0),
+        };
+        telemetry::set_gauge(Gauge::CacheBytesCapacity, layout.capacity_bytes());
+        telemetry::set_gauge(Gauge::CacheEnabled, 1);
+        cache.publish_gauges();
+        Ok((cache, report))
+    }
+
+    pub fn block_bytes(&self) -> u64 {
+        self.block_bytes
+    }
+
+    pub fn capacity_bytes(&self) -> u64 {
+        self.layout.capacity_bytes()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Entries and bytes held now.
+    pub fn usage(&self) -> (usize, u64) {
+        let d = self.dir.lock().expect("cache index poisoned");
+        (d.entries(), d.live_bytes())
+    }
+
+    fn publish_gauges(&self) {
+        let (entries, bytes) = self.usage();
+        telemetry::set_gauge(Gauge::CacheEntries, entries as u64);
+        telemetry::set_gauge(Gauge::CacheBytesCached, bytes);
+    }
+
+    /// Prepare the calling worker thread: its registered read buffers.
+    pub fn init_worker(&self) -> bool {
+        let record_max = align_up(format::HEADER_BYTES_MAX + self.block_bytes as usize);
+        let registered = crate::io::aligned::init_thread_pool(READ_BUFFERS_PER_WORKER, record_max);
+        if registered {
+            let n = self
+                .registered_buffers
+                .fetch_add(READ_BUFFERS_PER_WORKER as u64, Ordering::Relaxed);
+            telemetry::set_gauge(
+                Gauge::CacheRegisteredBuffers,
+                n + READ_BUFFERS_PER_WORKER as u64,
+            );
+        }
+        registered
+    }
+
+    /// Notice the cache file being removed or replaced under us; from then
+    /// on every read goes to the store. Returns whether the cache is usable.
+    pub fn check_device(&self) -> bool {
+        if !self.is_enabled() {
+            return false;
+        }
+        if !self.regular_file {
+            return true;
+        }
+        let gone = match std::fs::metadata(&self.path) {
+            Ok(m) => (m.dev(), m.ino()) != self.dev_ino,
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        };
+        if gone {
+            self.disable("the cache file was removed or replaced");
+        }
+        !gone
+    }
+
+    fn disable(&self, why: &str) {
+        if self.enabled.swap(false, Ordering::Relaxed) {
+            tracing::error!(path = %self.path.display(), why, "cache disabled; serving every read from the store");
+            telemetry::add(Counter::CacheDeviceLost, 1);
+            telemetry::set_gauge(Gauge::CacheEnabled, 0);
+        }
+    }
+
+    /// Read `len` bytes at `offset` of version `etag` of object `key`
+    /// (`size` bytes long), as pieces that together hold the bytes in order.
+    /// Must run on a worker thread with a ring.
+    pub async fn read(
+        self: &Arc<Self>,
+        store: &dyn ObjectStore,
+        key: &str,
+        etag: &str,
+        size: u64,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<Piece>, StoreError> {
+        let end = (offset + len as u64).min(size);
+        let mut pieces = Vec::with_capacity(2);
+        let mut at = offset;
+        while at < end {
+            let index = at / self.block_bytes;
+            let block_start = index * self.block_bytes;
+            let block_len = (size - block_start).min(self.block_bytes) as usize;
+            let in_block = (at - block_start) as usize;
+            let take = ((end - at) as usize).min(block_len - in_block);
+            pieces.push(
+                self.block(store, key, etag, index, block_len, in_block, take, false)
+                    .await?,
+            );
+            at += take as u64;
+        }
+        Ok(pieces)
+    }
+
+    /// Make sure every block of an object is on the device (waits for the
+    /// writes). Returns the bytes written now.
+    pub async fn warm(
+        self: &Arc<Self>,
+        store: &dyn ObjectStore,
+        key: &str,
+        etag: &str,
+        size: u64,
+    ) -> Result<u64, StoreError> {
+        let mut written = 0;
+        let mut index = 0;
+        while index * self.block_bytes < size.max(1) {
+            let block_len = (size - index * self.block_bytes).min(self.block_bytes) as usize;
+            let id = block_id(key, etag, index);
+            let cached = self
+                .dir
+                .lock()
+                .expect("cache index poisoned")
+                .lookup(id)
+                .is_some();
+            if !cached && self.is_enabled() {
+                self.block(store, key, etag, index, block_len, 0, 0, true)
+                    .await?;
+                written += block_len as u64;
+            }
+            index += 1;
+        }
+        Ok(written)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn block(
+        self: &Arc<Self>,
+        store: &dyn ObjectStore,
+        key: &str,
+        etag: &str,
+        index: u64,
+        block_len: usize,
+        start: usize,
+        len: usize,
+        warming: bool,
+    ) -> Result<Piece, StoreError> {
+        let cacheable = self.is_enabled() && format::fits(key, etag);
+        let id = block_id(key, etag, index);
+        if cacheable && !warming {
+            let loc = self.dir.lock().expect("cache index poisoned").lookup(id);
+            if let Some(loc) = loc {
+                if let Some(piece) = self.read_hit(id, loc, key, etag, index, start, len).await {
+                    telemetry::add(Counter::CacheHits, 1);
+                    telemetry::add(Counter::CacheHitBytes, len as u64);
+                    return Ok(piece);
+                }
+            }
+        }
+        telemetry::add(Counter::CacheMisses, 1);
+        loop {
+            let (mut rx, leader) = {
+                let mut flights = self.flights.lock().expect("flights poisoned");
+                match flights.get(&id) {
+                    Some(rx) => (rx.clone(), None),
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        flights.insert(id, rx.clone());
+                        (rx, Some(tx))
+                    }
+                }
+            };
+            let Some(tx) = leader else {
+                telemetry::add(Counter::CacheSingleFlightJoins, 1);
+                let got = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
+                match got {
+                    Ok(Some(Ok(block))) => return Ok(Piece::Shared { block, start, len }),
+                    Ok(Some(Err(e))) => return Err(e.duplicate()),
+                    // The fetcher went away (its caller was cancelled).
+                    _ => continue,
+                }
+            };
+            let guard = FlightGuard {
+                cache: self,
+                id,
+                armed: true,
+            };
+            let mut fetched = match self.fetch(store, key, etag, index, block_len).await {
+                Ok(f) => f,
+                Err(e) => {
+                    let e = Arc::new(e);
+                    let _ = tx.send(Some(Err(e.clone())));
+                    drop(guard);
+                    return Err(e.duplicate());
+                }
+            };
+            // Place the record before sharing the buffer: its header names
+            // the region fill it goes to.
+            let placement = if cacheable {
+                self.place(id, &fetched, warming)
+            } else {
+                None
+            };
+            if let Some(loc) = placement {
+                let h = RecordHeader {
+                    region_seq: loc.seq,
+                    block_index: index,
+                    data_len: fetched.data_len as u32,
+                    data_crc: format::crc(fetched.data()),
+                    key: key.to_string(),
+                    etag: etag.to_string(),
+                };
+                h.encode(&self.cache_id, fetched.buf.as_mut_slice());
+            }
+            let block = Arc::new(fetched);
+            let _ = tx.send(Some(Ok(block.clone())));
+            match placement {
+                Some(loc) => {
+                    guard.disarm();
+                    if warming {
+                        self.write_record(id, loc, block.clone()).await;
+                    } else {
+                        let me = self.clone();
+                        let record = block.clone();
+                        tokio::task::spawn_local(async move {
+                            me.write_record(id, loc, record).await;
+                        });
+                    }
+                }
+                None => drop(guard),
+            }
+            return Ok(Piece::Shared { block, start, len });
+        }
+    }
+
+    /// Fetch one block from the store into a record-shaped buffer.
+    async fn fetch(
+        &self,
+        store: &dyn ObjectStore,
+        key: &str,
+        etag: &str,
+        index: u64,
+        block_len: usize,
+    ) -> Result<Fetched, StoreError> {
+        let hl = format::header_len(key, etag);
+        let mut buf = AlignedBuf::new(format::record_len(hl, block_len));
+        let t = Instant::now();
+        let n = store
+            .get_range(
+                key,
+                index * self.block_bytes,
+                &mut buf.as_mut_slice()[hl..hl + block_len],
+                Some(etag),
+            )
+            .await?;
+        telemetry::record(Latency::StoreGet, t.elapsed());
+        telemetry::add(Counter::StoreGetRequests, 1);
+        telemetry::add(Counter::StoreGetBytes, n as u64);
+        telemetry::add(Counter::CacheFetchedBytes, n as u64);
+        if n != block_len {
+            // Shorter than its attributes said: the object changed.
+            return Err(StoreError::PreconditionFailed {
+                key: key.to_string(),
+            });
+        }
+        Ok(Fetched {
+            buf,
+            header_len: hl,
+            data_len: block_len,
+        })
+    }
+
+    /// Ask the directory for room for a fetched block.
+    fn place(&self, id: BlockId, block: &Fetched, force: bool) -> Option<Loc> {
+        let record_len = format::record_len(block.header_len, block.data_len);
+        let (admission, evicted) = {
+            let mut dir = self.dir.lock().expect("cache index poisoned");
+            if force {
+                // An explicit warm outranks the policy's guess.
+                for _ in 0..4 {
+                    dir.lookup(id);
+                }
+            }
+            dir.reserve(id, record_len as u64)
+        };
+        if evicted.entries > 0 {
+            telemetry::add(Counter::CacheEvictions, evicted.entries);
+            telemetry::add(Counter::CacheEvictedBytes, evicted.bytes);
+        }
+        match admission {
+            Admission::Place(loc) => Some(loc),
+            Admission::Rejected | Admission::Busy => {
+                telemetry::add(Counter::CacheAdmissionRejects, 1);
+                None
+            }
+        }
+    }
+
+    /// Write a placed record and index it. The block's flight (which lets
+    /// late readers share the fetched copy) ends when this returns.
+    async fn write_record(&self, id: BlockId, loc: Loc, block: Arc<Fetched>) {
+        let _flight = FlightGuard {
+            cache: self,
+            id,
+            armed: true,
+        };
+        let t = Instant::now();
+        let ptr = block.buf.as_ptr();
+        assert!(loc.record_len as usize <= block.buf.capacity());
+        // SAFETY: the record lies in the block's heap buffer, kept alive by
+        // the `Arc` the write owns.
+        let r = unsafe {
+            disk::write_at(
+                self.file.as_raw_fd(),
+                block.clone(),
+                ptr,
+                loc.record_len as usize,
+                self.layout.device_offset(&loc),
+            )
+        }
+        .await;
+        match r {
+            Ok(()) => {
+                telemetry::record(Latency::CacheWrite, t.elapsed());
+                self.dir
+                    .lock()
+                    .expect("cache index poisoned")
+                    .commit(id, loc);
+                telemetry::add(Counter::CacheInserts, 1);
+                telemetry::add(Counter::CacheInsertedBytes, block.data_len as u64);
+            }
+            Err(e) => {
+                self.dir.lock().expect("cache index poisoned").abort(loc);
+                if e.raw_os_error() == Some(libc::ENOSPC) {
+                    telemetry::add(Counter::CacheNoSpace, 1);
+                    if log_once(&self.logged.no_space) {
+                        tracing::error!(path = %self.path.display(),
+                            "cache device is full; blocks are served from the store without caching (logged once)");
+                    }
+                } else {
+                    telemetry::add(Counter::CacheWriteErrors, 1);
+                    if log_once(&self.logged.write_error) {
+                        tracing::error!(path = %self.path.display(), error = %e,
+                            "cache write failed; serving from the store (logged once)");
+                    }
+                }
+            }
+        }
+        self.publish_gauges();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn read_hit(
+        &self,
+        id: BlockId,
+        loc: Loc,
+        key: &str,
+        etag: &str,
+        index: u64,
+        start: usize,
+        len: usize,
+    ) -> Option<Piece> {
+        let t = Instant::now();
+        let buf = PoolBuf::take(loc.record_len as usize);
+        let (r, buf) = disk::read_at(
+            self.file.as_raw_fd(),
+            buf,
+            self.layout.device_offset(&loc),
+            loc.record_len as usize,
+        )
+        .await;
+        if let Err(e) = r {
+            telemetry::add(Counter::CacheReadErrors, 1);
+            if log_once(&self.logged.read_error) {
+                tracing::error!(path = %self.path.display(), error = %e, "cache read failed; serving from the store (logged once)");
+            }
+            return None;
+        }
+        let record = &buf.buf().as_slice()[..loc.record_len as usize];
+        let checked = RecordHeader::decode(&self.cache_id, record).and_then(|(h, hl)| {
+            if h.key != key || h.etag != etag || h.block_index != index || h.region_seq != loc.seq {
+                return Err(format::RecordError::NoRecord);
+            }
+            h.check_data(record, hl).map(|()| hl)
+        });
+        match checked {
+            Ok(hl) => {
+                telemetry::record(Latency::CacheRead, t.elapsed());
+                Some(Piece::Cached {
+                    buf,
+                    start: hl + start,
+                    len,
+                })
+            }
+            Err(e) => {
+                let mut dir = self.dir.lock().expect("cache index poisoned");
+                if dir.is_current(&loc) {
+                    dir.remove(id, &loc);
+                    drop(dir);
+                    telemetry::add(Counter::CacheChecksumFailures, 1);
+                    if log_once(&self.logged.checksum) {
+                        tracing::warn!(path = %self.path.display(), %key, block = index, error = %e,
+                            "damaged cache record dropped; refetching (further ones are counted, not logged)");
+                    }
+                    self.publish_gauges();
+                }
+                // Otherwise the region was reclaimed while we read: a miss.
+                None
+            }
+        }
+    }
+}
+
+/// Removes a block's flight from the table when dropped (also when the
+/// fetching task is cancelled, so waiters retry instead of hanging).
+struct FlightGuard<'a> {
+    cache: &'a BlockCache,
+    id: BlockId,
+    armed: bool,
+}
+
+impl FlightGuard<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.cache
+                .flights
+                .lock()
+                .expect("flights poisoned")
+                .remove(&self.id);
+        }
+    }
+}
+
+/// Rebuild the directory from the record headers on the device.
+fn recover(fd: RawFd, cache_id: &[u8; 16], layout: Layout, dir: &mut Directory) -> io::Result<()> {
+    type Found = (u32, u64, u64, Vec<(BlockId, Loc)>);
+    let next = std::sync::atomic::AtomicU32::new(0);
+    let results: Mutex<Vec<Found>> = Mutex::new(Vec::new());
+    let first_error: Mutex<Option<io::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..RECOVERY_THREADS.min(layout.region_count as usize) {
+            s.spawn(|| {
+                let mut page = AlignedBuf::new(ALIGN_BYTES);
+                loop {
+                    let r = next.fetch_add(1, Ordering::Relaxed);
+                    if r >= layout.region_count {
+                        return;
+                    }
+                    match scan_region(fd, cache_id, layout, r, &mut page) {
+                        Ok(Some(found)) => results.lock().expect("poisoned").push(found),
+                        Ok(None) => {}
+                        Err(e) => {
+                            first_error.lock().expect("poisoned").get_or_insert(e);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().expect("poisoned") {
+        return Err(e);
+    }
+    for (r, seq, used, records) in results.into_inner().expect("poisoned") {
+        dir.recover_region(r, seq, used, records);
+    }
+    Ok(())
+}
+
+fn scan_region(
+    fd: RawFd,
+    cache_id: &[u8; 16],
+    layout: Layout,
+    r: u32,
+    page: &mut AlignedBuf,
+) -> io::Result<Option<(u32, u64, u64, Vec<(BlockId, Loc)>)>> {
+    let mut offset = 0u64;
+    let mut seq = None;
+    let mut records = Vec::new();
+    while offset + ALIGN_BYTES as u64 <= layout.region_bytes {
+        let probe = Loc {
+            region: r,
+            offset,
+            record_len: 0,
+            seq: 0,
+        };
+        pread_exact(fd, page, layout.device_offset(&probe), ALIGN_BYTES)?;
+        let Ok((h, hl)) = RecordHeader::decode(cache_id, page.as_slice()) else {
+            break;
+        };
+        if seq.is_some_and(|s| s != h.region_seq) {
+            break;
+        }
+        let record_len = format::record_len(hl, h.data_len as usize) as u64;
+        if offset + record_len > layout.region_bytes {
+            break;
+        }
+        seq = Some(h.region_seq);
+        records.push((
+            block_id(&h.key, &h.etag, h.block_index),
+            Loc {
+                region: r,
+                offset,
+                record_len: record_len as u32,
+                seq: h.region_seq,
+            },
+        ));
+        offset += record_len;
+    }
+    Ok(seq.map(|s| (r, s, offset, records)))
+}
