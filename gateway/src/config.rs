@@ -123,6 +123,7 @@ pub struct FileConfig {
     pub cache: Option<PathBuf>,
     pub cache_size: Option<String>,
     pub cache_block_size: Option<String>,
+    pub cache_memory: Option<String>,
     pub admin: Option<SocketAddr>,
 }
 
@@ -239,6 +240,23 @@ pub fn parse_bytes(s: &str) -> Result<u64, ConfigError> {
         return Err(bad());
     }
     Ok(bytes as u64)
+}
+
+/// Largest default memory tier (bytes).
+pub const CACHE_MEMORY_DEFAULT_BYTES_MAX: u64 = 8 << 30;
+
+/// The default memory tier: an eighth of physical memory, at most
+/// [`CACHE_MEMORY_DEFAULT_BYTES_MAX`].
+pub fn default_cache_memory_bytes() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024);
+    (total / 8).min(CACHE_MEMORY_DEFAULT_BYTES_MAX)
 }
 
 /// `$XDG_DATA_HOME/tidegate`, `~/.local/share/tidegate`, or

@@ -121,6 +121,11 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     cache_block_size: Option<String>,
 
+    /// RAM for the hottest cached blocks, served without any device I/O; 0 turns the memory
+    /// tier off [default: 1/8 of physical memory, at most 8GiB]
+    #[arg(long, value_name = "BYTES")]
+    cache_memory: Option<String>,
+
     /// Serve Prometheus metrics (/metrics), cache statistics (/stats, read by `tidegate cache
     /// stats`) and cache warming (/warm, used by `tidegate warm`) over HTTP on this address.
     /// Keep it on loopback or a management network: it has no authentication
@@ -254,6 +259,10 @@ fn resolve(args: ServeArgs) -> Result<Config> {
             block_bytes: match args.cache_block_size.or(file.cache_block_size) {
                 Some(s) => config::parse_bytes(&s)?,
                 None => tidegate::cache::block::BLOCK_BYTES_DEFAULT,
+            },
+            memory_bytes: match args.cache_memory.or(file.cache_memory) {
+                Some(s) => config::parse_bytes(&s)?,
+                None => config::default_cache_memory_bytes(),
             },
         }),
     };

@@ -1,4 +1,4 @@
 //! Caches in front of the object store.
 
-pub mod meta;
 pub mod block;
+pub mod meta;

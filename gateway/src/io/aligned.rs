@@ -185,6 +185,25 @@ impl PoolBuf {
         }
     }
 
+    /// A plain buffer outside the pool, to be kept after the read
+    /// ([`PoolBuf::into_aligned`]).
+    pub fn unpooled(bytes: usize) -> PoolBuf {
+        PoolBuf {
+            inner: Some(AlignedBuf::new(bytes)),
+            pool_index: None,
+            registered: false,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The buffer itself, if it is not one of the pool's.
+    pub fn into_aligned(mut self) -> Result<AlignedBuf, PoolBuf> {
+        if self.pool_index.is_some() {
+            return Err(self);
+        }
+        Ok(self.inner.take().expect("buffer present until drop"))
+    }
+
     /// The fixed-buffer index to use with READ_FIXED, if registered.
     pub fn fixed_index(&self) -> Option<u16> {
         if self.registered {

@@ -19,6 +19,7 @@
 //! visible only once the store has listed past `a/` (or the listing is
 //! complete); `visible` marks that resolved prefix of the entries.
 
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use super::handles::NodeKind;
@@ -31,6 +32,9 @@ pub struct DirEntry {
     pub id: u64,
     pub size: u64,
     pub mtime: SystemTime,
+    /// The object's version as listed (S3 LIST carries ETags), so reads
+    /// through the block cache need no HEAD.
+    pub etag: Option<Arc<str>>,
 }
 
 impl DirEntry {
@@ -188,6 +192,7 @@ mod tests {
             id,
             size: 0,
             mtime: SystemTime::UNIX_EPOCH,
+            etag: None,
         }
     }
 

@@ -263,7 +263,7 @@ impl Vfs {
                 kind: NodeKind::File,
                 size: e.size,
                 mtime: e.mtime,
-                etag: None,
+                etag: e.etag.clone(),
             },
         }
     }
@@ -332,6 +332,14 @@ impl Vfs {
             Ok(a) => a,
             Err(e) => return Some(Err(e)),
         };
+        if attr.etag.is_none() {
+            // Attributes from a listing without ETags: ask for them once.
+            self.meta.forget_attr(node.id);
+            attr = match self.getattr(node).await {
+                Ok(a) => a,
+                Err(e) => return Some(Err(e)),
+            };
+        }
         for attempt in 0..2 {
             if offset >= attr.size || count == 0 {
                 return Some(Ok((Vec::new(), 0, offset >= attr.size, attr)));
@@ -419,14 +427,15 @@ impl Vfs {
                 (Some(_), None) => true,
                 _ => false,
             };
-            let (key, size, mtime) = if take_object {
+            let (key, size, mtime, etag) = if take_object {
                 let o = &page.objects[oi];
                 oi += 1;
-                (o.key.as_str(), o.size, o.mtime)
+                let etag = (!o.etag.is_empty()).then(|| Arc::from(o.etag.as_str()));
+                (o.key.as_str(), o.size, o.mtime, etag)
             } else {
                 let p = &page.prefixes[pi];
                 pi += 1;
-                (p.as_str(), 4096, self.handles.identity().created)
+                (p.as_str(), 4096, self.handles.identity().created, None)
             };
             let Some(suffix) = key.get(prefix_len..).filter(|_| key.starts_with(&*dir.key)) else {
                 hidden += 1;
@@ -442,18 +451,19 @@ impl Vfs {
                 continue;
             }
             keys.push(key);
-            sizes.push((size, mtime));
+            sizes.push((size, mtime, etag));
         }
         let ids = self.handles.ensure_ids(&keys)?;
         let entries: Vec<DirEntry> = keys
             .iter()
             .zip(ids)
             .zip(sizes)
-            .map(|((k, id), (size, mtime))| DirEntry {
+            .map(|((k, id), (size, mtime, etag))| DirEntry {
                 suffix: k[prefix_len..].into(),
                 id,
                 size,
                 mtime,
+                etag,
             })
             .collect();
         let mut st = listing.state.write().expect("listing poisoned");

@@ -39,6 +39,7 @@
 
 pub mod format;
 pub mod index;
+pub mod memory;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -60,6 +61,7 @@ use crate::store::{ObjectStore, StoreError};
 use crate::telemetry::{self, Counter, Gauge, Latency};
 use format::{RecordHeader, Superblock, SUPER_BYTES};
 use index::{block_id, Admission, BlockId, Directory, Layout, Loc};
+use memory::MemoryTier;
 
 /// Smallest and largest block size accepted (bytes).
 pub const BLOCK_BYTES_MIN: u64 = 64 << 10;
@@ -95,6 +97,9 @@ pub struct CacheConfig {
     /// size for a block device.
     pub size_bytes: Option<u64>,
     pub block_bytes: u64,
+    /// Bytes of RAM for the tier of hottest blocks in front of the device
+    /// (0 turns it off).
+    pub memory_bytes: u64,
 }
 
 /// A block fetched from the store, laid out as a record (header then data)
@@ -160,6 +165,7 @@ pub struct BlockCache {
     block_bytes: u64,
     layout: Layout,
     dir: Mutex<Directory>,
+    memory: MemoryTier,
     flights: Mutex<HashMap<BlockId, watch::Receiver<FlightResult>>>,
     enabled: AtomicBool,
     logged: Logged,
@@ -385,6 +391,7 @@ impl BlockCache {
             block_bytes: config.block_bytes,
             layout,
             dir: Mutex::new(dir),
+            memory: MemoryTier::new(config.memory_bytes),
             flights: Mutex::new(HashMap::new()),
             enabled: AtomicBool::new(true),
             logged: Logged::default(),
@@ -542,6 +549,11 @@ impl BlockCache {
         let cacheable = self.is_enabled() && format::fits(key, etag);
         let id = block_id(key, etag, index);
         if cacheable && !warming {
+            if let Some(block) = self.memory.get(id) {
+                telemetry::add(Counter::CacheHits, 1);
+                telemetry::add(Counter::CacheHitBytes, len as u64);
+                return Ok(Piece::Shared { block, start, len });
+            }
             let loc = self.dir.lock().expect("cache index poisoned").lookup(id);
             if let Some(loc) = loc {
                 if let Some(piece) = self.read_hit(id, loc, key, etag, index, start, len).await {
@@ -607,6 +619,9 @@ impl BlockCache {
                 h.encode(&self.cache_id, fetched.buf.as_mut_slice());
             }
             let block = Arc::new(fetched);
+            if cacheable {
+                self.memory.insert(id, block.clone());
+            }
             let _ = tx.send(Some(Ok(block.clone())));
             match placement {
                 Some(loc) => {
@@ -755,7 +770,13 @@ impl BlockCache {
         len: usize,
     ) -> Option<Piece> {
         let t = Instant::now();
-        let buf = PoolBuf::take(loc.record_len as usize);
+        // With a memory tier the record is read into a buffer of its own
+        // and kept there; without one, into a registered pool buffer.
+        let buf = if self.memory.is_enabled() {
+            PoolBuf::unpooled(loc.record_len as usize)
+        } else {
+            PoolBuf::take(loc.record_len as usize)
+        };
         let (r, buf) = disk::read_at(
             self.file.as_raw_fd(),
             buf,
@@ -775,16 +796,30 @@ impl BlockCache {
             if h.key != key || h.etag != etag || h.block_index != index || h.region_seq != loc.seq {
                 return Err(format::RecordError::NoRecord);
             }
-            h.check_data(record, hl).map(|()| hl)
+            h.check_data(record, hl).map(|()| (hl, h.data_len as usize))
         });
         match checked {
-            Ok(hl) => {
+            Ok((header_len, data_len)) => {
                 telemetry::record(Latency::CacheRead, t.elapsed());
-                Some(Piece::Cached {
-                    buf,
-                    start: hl + start,
-                    len,
-                })
+                if start + len > data_len {
+                    return None;
+                }
+                match buf.into_aligned() {
+                    Ok(aligned) => {
+                        let block = Arc::new(Fetched {
+                            buf: aligned,
+                            header_len,
+                            data_len,
+                        });
+                        self.memory.insert(id, block.clone());
+                        Some(Piece::Shared { block, start, len })
+                    }
+                    Err(buf) => Some(Piece::Cached {
+                        buf,
+                        start: header_len + start,
+                        len,
+                    }),
+                }
             }
             Err(e) => {
                 let mut dir = self.dir.lock().expect("cache index poisoned");
