@@ -13,4 +13,5 @@ pub mod rpc;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
 pub mod vfs;

@@ -30,7 +30,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve SOURCE over NFSv3 until Ctrl-C or SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Pull every object under PREFIX into a running gateway's block cache.
+    Warm(tidegate::tools::warm::WarmArgs),
+    /// Inspect a running gateway's block cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Print hit ratio, fill, errors and latencies from a running gateway.
+    Stats(tidegate::tools::stats::StatsArgs),
 }
 
 #[derive(Args)]
@@ -316,7 +327,9 @@ fn serve(args: ServeArgs) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
+        Command::Warm(args) => tidegate::tools::warm::run(args),
+        Command::Cache(CacheCommand::Stats(args)) => tidegate::tools::stats::run(args),
     };
     if let Err(e) = r {
         eprintln!("tidegate: error: {e:#}");

@@ -475,7 +475,8 @@ impl WarmTarget for CacheWarmer {
             cache
                 .warm(vfs.store().as_ref(), key, &meta.etag, meta.size)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            Ok(meta.size)
         })
     }
 }

@@ -13,6 +13,7 @@ use crate::cache::block::Piece;
 use crate::io::net::IoSlices;
 use crate::nfs::xdr::Encoder;
 use crate::nfs::{mount, v3};
+use crate::telemetry::{self, Counter, Latency};
 use crate::vfs::Vfs;
 use msg::{AcceptStat, Auth, CallError};
 
@@ -91,6 +92,17 @@ pub struct Services {
 /// Bytes reserved at the start of every reply for its record mark.
 pub const RECORD_MARK_BYTES: usize = 4;
 
+/// The latency histogram a call is recorded in.
+fn latency_kind(prog: u32, proc_num: u32) -> Latency {
+    match (prog, proc_num) {
+        (v3::PROGRAM, 1) => Latency::NfsGetattr,
+        (v3::PROGRAM, 3) => Latency::NfsLookup,
+        (v3::PROGRAM, 6) => Latency::NfsRead,
+        (v3::PROGRAM, 16 | 17) => Latency::NfsReaddir,
+        _ => Latency::NfsOther,
+    }
+}
+
 /// Answer one record as a single buffer (the body copied in).
 pub async fn handle_record(
     services: &Services,
@@ -156,10 +168,13 @@ pub async fn handle_call(
                 msg::encode_prog_mismatch(&mut e, call.xid, low, high);
             } else {
                 msg::encode_accepted(&mut e, call.xid, AcceptStat::Success);
+                let started = std::time::Instant::now();
                 let outcome = match call.prog {
                     v3::PROGRAM => v3::dispatch(&ctx, call.proc_num, call.args, &mut out).await,
                     _ => mount::dispatch(&ctx, call.proc_num, call.args, &mut out).await,
                 };
+                telemetry::add(Counter::NfsCalls, 1);
+                telemetry::record(latency_kind(call.prog, call.proc_num), started.elapsed());
                 let stat = match outcome {
                     ProcOutcome::Done => None,
                     ProcOutcome::ProcUnavail => Some(AcceptStat::ProcUnavail),

@@ -17,23 +17,25 @@
 //! **Where it runs.** On a control thread's current-thread runtime, never
 //! on a data core: [`serve_admin`] runs its own [`LocalSet`] and spawns one
 //! local task per connection, so [`WarmTarget`] futures need not be `Send`
-//! (the block cache behind them is per-core state reached through
-//! `Rc`s and channels). Scrapes take each thread's histogram lock
-//! briefly; that cost lands here, not on the data path.
+//! (a warm may drive state that is not `Send`). Scrapes take each thread's
+//! histogram lock briefly; that cost lands here, not on the data path.
 //!
 //! **Limits.** Everything a client controls is bounded by a named
 //! constant: request head size ([`REQUEST_HEAD_BYTES_MAX`], 431 past it),
 //! header count ([`REQUEST_HEADERS_MAX`], 431), concurrent connections
-//! ([`CONNECTIONS_MAX`], extras get a 503 and are closed), time to send a
-//! request head ([`REQUEST_READ_TIMEOUT`], 408 if it was started, a silent
-//! close if the connection sat idle), time to take a response
-//! ([`RESPONSE_WRITE_TIMEOUT`]), and request bodies: none is accepted (a
+//! ([`CONNECTIONS_MAX`], extras get a 503 with `Retry-After` and are
+//! closed), time to send a request head ([`REQUEST_READ_TIMEOUT`], 408 if
+//! it was started, a silent close if the connection sat idle), time to
+//! take a response ([`RESPONSE_WRITE_TIMEOUT`]), time to warm one object
+//! ([`WARM_TIMEOUT`], 504), and request bodies: none is accepted (a
 //! `Content-Length` other than 0 or any `Transfer-Encoding` gets 413).
 //! Keep-alive is the HTTP/1.1 default; `Connection: close` (or HTTP/1.0
 //! without `keep-alive`) closes after the response. After an error
 //! response the connection is closed gracefully (write side shut, unread
 //! input drained for a moment) so the client reads the answer instead of a
-//! reset.
+//! reset. A failed warm is a 500 with `{"error": message}`; with no
+//! [`WarmTarget`] (no block cache) `/warm` answers 503 without
+//! `Retry-After`.
 
 use std::cell::Cell;
 use std::fmt::Write as _;
@@ -85,8 +87,7 @@ pub const BUSY_RETRY_AFTER_SECS: u32 = 1;
 pub trait WarmTarget: Send + Sync {
     /// Warm the object `key` (relative to the export root) and return the
     /// bytes of it now cached. An error is a message for the operator.
-    fn warm<'a>(&'a self, key: &'a str)
-        -> Pin<Box<dyn Future<Output = Result<u64, String>> + 'a>>;
+    fn warm<'a>(&'a self, key: &'a str) -> Pin<Box<dyn Future<Output = Result<u64, String>> + 'a>>;
 }
 
 /// The limits one server runs with; the constants above, or smaller ones
@@ -433,7 +434,10 @@ fn parse_head(head: &[u8]) -> Result<Request, Response> {
         "HTTP/1.1" => false,
         "HTTP/1.0" => true,
         v if v.starts_with("HTTP/") => {
-            return Err(Response::fatal(505, "only HTTP/1.0 and HTTP/1.1 are served"))
+            return Err(Response::fatal(
+                505,
+                "only HTTP/1.0 and HTTP/1.1 are served",
+            ))
         }
         _ => return Err(Response::fatal(400, "malformed HTTP version")),
     };
@@ -508,8 +512,9 @@ fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
 
 /// Why reading a request head stopped without one.
 enum HeadError {
-    /// End of stream; `partial` if some of a head had arrived.
-    Closed { partial: bool },
+    /// End of stream (between requests, or inside a head: either way
+    /// there is nobody left to answer).
+    Closed,
     TooLarge,
     Io(io::Error),
 }
@@ -540,7 +545,7 @@ impl Connection {
                     return self.respond(resp, false).await;
                 }
                 Ok(Ok(end)) => end,
-                Ok(Err(HeadError::Closed { partial: _ })) => return Ok(()),
+                Ok(Err(HeadError::Closed)) => return Ok(()),
                 Ok(Err(HeadError::TooLarge)) => {
                     let msg = format!(
                         "request head larger than {} bytes",
@@ -590,9 +595,7 @@ impl Connection {
                 .await
                 .map_err(HeadError::Io)?;
             if n == 0 {
-                return Err(HeadError::Closed {
-                    partial: !buf.is_empty(),
-                });
+                return Err(HeadError::Closed);
             }
             buf.extend_from_slice(&chunk[..n]);
         }
@@ -636,10 +639,7 @@ impl Connection {
             return Response::error(400, "key must name an object, not a directory");
         }
         if key.len() > WARM_KEY_BYTES_MAX {
-            return Response::error(
-                400,
-                &format!("key longer than {WARM_KEY_BYTES_MAX} bytes"),
-            );
+            return Response::error(400, &format!("key longer than {WARM_KEY_BYTES_MAX} bytes"));
         }
         let Some(target) = &self.warm else {
             return Response::error(503, "warming is not available: the block cache is off");
@@ -652,7 +652,10 @@ impl Connection {
             }
             Err(_) => Response::error(
                 504,
-                &format!("warming {key} took longer than {} s", WARM_TIMEOUT.as_secs()),
+                &format!(
+                    "warming {key} took longer than {} s",
+                    WARM_TIMEOUT.as_secs()
+                ),
             ),
         }
     }
@@ -1026,6 +1029,39 @@ mod tests {
         let mut rest = Vec::new();
         let _ = s.read_to_end(&mut rest);
         assert!(rest.is_empty());
+    }
+
+    /// The way the gateway runs it: spawned as a local task of a control
+    /// thread's own LocalSet (serve_admin nests its LocalSet inside).
+    #[test]
+    fn runs_spawned_inside_another_local_set() {
+        let (stop, rx) = watch::channel(false);
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let outer = LocalSet::new();
+            outer.block_on(&rt, async move {
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(l.local_addr().unwrap()).unwrap();
+                let warm: Arc<dyn WarmTarget> = Arc::new(FakeWarm);
+                tokio::task::spawn_local(serve_admin(l, Some(warm), rx))
+                    .await
+                    .unwrap();
+            });
+        });
+        let server = Server {
+            addr: addr_rx.recv().unwrap(),
+            stop,
+            thread: Some(thread),
+        };
+        let r = once(
+            &server,
+            b"POST /warm?key=abc HTTP/1.1\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!((r.status(), r.body.as_str()), (200, "{\"bytes\":3000}"));
     }
 
     #[test]

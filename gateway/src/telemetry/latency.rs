@@ -122,10 +122,7 @@ impl Registry {
                 return;
             };
             let me: *const Registry = self;
-            let i = match members
-                .iter()
-                .position(|m| std::ptr::eq(m.registry, me))
-            {
+            let i = match members.iter().position(|m| std::ptr::eq(m.registry, me)) {
                 Some(i) => i,
                 None => {
                     let set = Arc::new(Mutex::new(empty_set()));
@@ -138,7 +135,7 @@ impl Registry {
                 }
             };
             let mut set = lock(&members[i].set);
-            let slot = set[l as usize].get_or_insert_with(Slot::new);
+            let slot = set[l.index()].get_or_insert_with(Slot::new);
             slot.hist.saturating_record(us);
             slot.sum_us = slot.sum_us.saturating_add(us);
         });
@@ -173,7 +170,7 @@ impl Registry {
         }
         Latency::ALL
             .iter()
-            .map(|&l| summarise(l, merged[l as usize].as_ref()))
+            .map(|&l| summarise(l, merged[l.index()].as_ref()))
             .collect()
     }
 }

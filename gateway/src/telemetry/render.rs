@@ -26,7 +26,12 @@ pub fn render_prometheus(s: &Snapshot) -> String {
     let mut out = String::with_capacity(8 * 1024);
     for (kind, values) in [("counter", &s.counters), ("gauge", &s.gauges)] {
         for v in values {
-            let _ = writeln!(out, "# HELP {METRIC_PREFIX}{} {}", v.name, escape_help(v.help));
+            let _ = writeln!(
+                out,
+                "# HELP {METRIC_PREFIX}{} {}",
+                v.name,
+                escape_help(v.help)
+            );
             let _ = writeln!(out, "# TYPE {METRIC_PREFIX}{} {kind}", v.name);
             let _ = writeln!(out, "{METRIC_PREFIX}{} {}", v.name, v.value);
         }
@@ -123,7 +128,8 @@ mod tests {
         s.counters[Counter::CacheMisses as usize].value = 1;
         s.gauges[Gauge::CacheEntries as usize].value = 42;
         let r = &mut s.latencies[Latency::NfsRead as usize];
-        (r.count, r.sum_us, r.p50_us, r.p90_us, r.p99_us, r.p999_us) = (10, 1234, 100, 200, 300, 400);
+        (r.count, r.sum_us, r.p50_us, r.p90_us, r.p99_us, r.p999_us) =
+            (10, 1234, 100, 200, 300, 400);
         s
     }
 
@@ -146,9 +152,16 @@ mod tests {
                 pending_help = Some(name.to_string());
             } else if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').unwrap();
-                assert_eq!(pending_help.take().as_deref(), Some(name), "TYPE follows HELP");
+                assert_eq!(
+                    pending_help.take().as_deref(),
+                    Some(name),
+                    "TYPE follows HELP"
+                );
                 assert!(["counter", "gauge", "summary"].contains(&kind), "{line}");
-                assert!(types.insert(name.into(), kind.into()).is_none(), "{name} twice");
+                assert!(
+                    types.insert(name.into(), kind.into()).is_none(),
+                    "{name} twice"
+                );
                 family = Some((name.into(), kind.into()));
             } else {
                 assert!(!line.starts_with('#'), "{line}");
@@ -180,8 +193,14 @@ mod tests {
         assert_eq!(types["tidegate_nfs_read_latency_us"], "summary");
         assert_eq!(samples["tidegate_cache_hits_total"], 9.0);
         assert_eq!(samples["tidegate_cache_entries"], 42.0);
-        assert_eq!(samples["tidegate_nfs_read_latency_us{quantile=\"0.5\"}"], 100.0);
-        assert_eq!(samples["tidegate_nfs_read_latency_us{quantile=\"0.999\"}"], 400.0);
+        assert_eq!(
+            samples["tidegate_nfs_read_latency_us{quantile=\"0.5\"}"],
+            100.0
+        );
+        assert_eq!(
+            samples["tidegate_nfs_read_latency_us{quantile=\"0.999\"}"],
+            400.0
+        );
         assert_eq!(samples["tidegate_nfs_read_latency_us_sum"], 1234.0);
         assert_eq!(samples["tidegate_nfs_read_latency_us_count"], 10.0);
         // 1 sample per counter and gauge, 6 per summary.
@@ -199,8 +218,14 @@ mod tests {
         let mut map = HashMap::new();
         for pair in body.split(',') {
             let (k, v) = pair.split_once(':').unwrap();
-            let k = k.strip_prefix('"').and_then(|k| k.strip_suffix('"')).unwrap();
-            assert!(map.insert(k.to_string(), v.to_string()).is_none(), "{k} twice");
+            let k = k
+                .strip_prefix('"')
+                .and_then(|k| k.strip_suffix('"'))
+                .unwrap();
+            assert!(
+                map.insert(k.to_string(), v.to_string()).is_none(),
+                "{k} twice"
+            );
         }
         for c in Counter::ALL {
             assert!(map.contains_key(c.name()), "{}", c.name());

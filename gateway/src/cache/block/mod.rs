@@ -866,11 +866,18 @@ impl Drop for FlightGuard<'_> {
     }
 }
 
+/// What the start-up scan found in one region.
+struct RegionScan {
+    region: u32,
+    seq: u64,
+    used_bytes: u64,
+    records: Vec<(BlockId, Loc)>,
+}
+
 /// Rebuild the directory from the record headers on the device.
 fn recover(fd: RawFd, cache_id: &[u8; 16], layout: Layout, dir: &mut Directory) -> io::Result<()> {
-    type Found = (u32, u64, u64, Vec<(BlockId, Loc)>);
     let next = std::sync::atomic::AtomicU32::new(0);
-    let results: Mutex<Vec<Found>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<RegionScan>> = Mutex::new(Vec::new());
     let first_error: Mutex<Option<io::Error>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..RECOVERY_THREADS.min(layout.region_count as usize) {
@@ -896,8 +903,8 @@ fn recover(fd: RawFd, cache_id: &[u8; 16], layout: Layout, dir: &mut Directory) 
     if let Some(e) = first_error.into_inner().expect("poisoned") {
         return Err(e);
     }
-    for (r, seq, used, records) in results.into_inner().expect("poisoned") {
-        dir.recover_region(r, seq, used, records);
+    for f in results.into_inner().expect("poisoned") {
+        dir.recover_region(f.region, f.seq, f.used_bytes, f.records);
     }
     Ok(())
 }
@@ -908,7 +915,7 @@ fn scan_region(
     layout: Layout,
     r: u32,
     page: &mut AlignedBuf,
-) -> io::Result<Option<(u32, u64, u64, Vec<(BlockId, Loc)>)>> {
+) -> io::Result<Option<RegionScan>> {
     let mut offset = 0u64;
     let mut seq = None;
     let mut records = Vec::new();
@@ -942,5 +949,10 @@ fn scan_region(
         ));
         offset += record_len;
     }
-    Ok(seq.map(|s| (r, s, offset, records)))
+    Ok(seq.map(|seq| RegionScan {
+        region: r,
+        seq,
+        used_bytes: offset,
+        records,
+    }))
 }
