@@ -5,9 +5,7 @@
 //! the core that accepted it.
 
 use std::cell::Cell;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,7 +14,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{watch, Notify};
 
-use crate::cache::block::{BlockCache, CacheError};
+use crate::cache::block::{BlockCache, CacheError, Warmer};
 use crate::cache::meta::{MetaCache, MetaTtls};
 use crate::config::{Config, Source, RECV_BUFFER_BYTES};
 use crate::io::{cpu, net::Listener, ring::Ring};
@@ -432,10 +430,10 @@ impl Control {
                     if let Ok(a) = l.local_addr() {
                         tracing::info!(addr = %a, "admin endpoint: /metrics /stats /warm");
                     }
-                    let warm: Option<Arc<dyn WarmTarget>> =
-                        self.services.vfs.cache().is_some().then(|| {
-                            Arc::new(CacheWarmer(self.services.clone())) as Arc<dyn WarmTarget>
-                        });
+                    let vfs = &self.services.vfs;
+                    let warm = vfs.cache().map(|c| {
+                        Arc::new(Warmer::new(vfs.store().clone(), c.clone())) as Arc<dyn WarmTarget>
+                    });
                     tokio::task::spawn_local(serve_admin(l, warm, self.shutdown.clone()));
                 }
                 Err(e) => {
@@ -458,25 +456,5 @@ impl Control {
                 }
             }
         }
-    }
-}
-
-/// Warms the cache for the admin endpoint: one object at a time, at its
-/// current version.
-struct CacheWarmer(Arc<Services>);
-
-impl WarmTarget for CacheWarmer {
-    fn warm<'a>(&'a self, key: &'a str) -> Pin<Box<dyn Future<Output = Result<u64, String>> + 'a>> {
-        Box::pin(async move {
-            let vfs = &self.0.vfs;
-            let cache = vfs.cache().ok_or("this gateway runs without a cache")?;
-            let key = key.trim_start_matches('/');
-            let meta = vfs.store().head(key).await.map_err(|e| e.to_string())?;
-            cache
-                .warm(vfs.store().as_ref(), key, &meta.etag, meta.size)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(meta.size)
-        })
     }
 }

@@ -69,8 +69,23 @@ pub struct WarmArgs {
     pub prefix: String,
 
     /// Admin endpoint of the running gateway (the address given to its --admin)
-    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_admin_addr)]
-    pub admin: SocketAddr,
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_admin_addr,
+          required_unless_present = "cache", conflicts_with = "cache")]
+    pub admin: Option<SocketAddr>,
+
+    /// Warm a stopped gateway's cache device or file directly (the path given to its
+    /// --cache); it must not be in use
+    #[arg(long, value_name = "PATH")]
+    pub cache: Option<PathBuf>,
+
+    /// With --cache: bytes of the device to use, as for `serve` [default: the existing size]
+    #[arg(long, value_name = "BYTES", requires = "cache")]
+    pub cache_size: Option<String>,
+
+    /// With --cache: block size, as for `serve` (a different one starts the cache empty)
+    /// [default: 1MiB]
+    #[arg(long, value_name = "BYTES", requires = "cache")]
+    pub cache_block_size: Option<String>,
 
     /// The SOURCE the gateway serves (`s3://bucket[/prefix]` or a directory); the objects to
     /// warm are listed from it [default: `source` from --config]
@@ -112,11 +127,29 @@ pub fn run(args: WarmArgs) -> anyhow::Result<()> {
         );
         parallel = CONNECTIONS_MAX;
     }
+    // A stopped gateway's cache is opened here and served to this run
+    // through a private admin endpoint on loopback, so both modes share
+    // one code path.
+    let local = match &args.cache {
+        Some(path) => Some(LocalCache::start(path, &args, store.clone())?),
+        None => None,
+    };
+    let admin = match (&local, args.admin) {
+        (Some(l), _) => l.addr,
+        (None, Some(a)) => a,
+        (None, None) => {
+            bail!("give --admin ADDR:PORT (running gateway) or --cache PATH (stopped one)")
+        }
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the runtime")?;
-    let report = rt.block_on(warm_prefix(store, &args.prefix, args.admin, parallel))?;
+    let report = rt.block_on(warm_prefix(store, &args.prefix, admin, parallel));
+    if let Some(l) = local {
+        l.stop();
+    }
+    let report = report?;
     println!("{}", report.summary());
     if report.failed > 0 {
         eprintln!(
@@ -143,6 +176,77 @@ pub fn run(args: WarmArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A cache opened by this process, with an admin endpoint of its own.
+struct LocalCache {
+    addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl LocalCache {
+    fn start(
+        path: &std::path::Path,
+        args: &WarmArgs,
+        store: Arc<dyn ObjectStore>,
+    ) -> anyhow::Result<LocalCache> {
+        use crate::cache::block::{BlockCache, CacheConfig, Warmer, BLOCK_BYTES_DEFAULT};
+        use crate::config::parse_bytes;
+        let config = CacheConfig {
+            path: path.to_path_buf(),
+            size_bytes: args.cache_size.as_deref().map(parse_bytes).transpose()?,
+            block_bytes: match &args.cache_block_size {
+                Some(s) => parse_bytes(s)?,
+                None => BLOCK_BYTES_DEFAULT,
+            },
+            memory_bytes: 0,
+        };
+        let (cache, report) = BlockCache::open(&config)?;
+        eprintln!(
+            "cache {}: {} entries, {} cached{}",
+            path.display(),
+            thousands(report.entries as u64),
+            human_bytes(report.bytes),
+            if report.formatted { " (new)" } else { "" }
+        );
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let warmer: Arc<dyn crate::telemetry::http::WarmTarget> =
+            Arc::new(Warmer::new(store, Arc::new(cache)));
+        let thread = std::thread::Builder::new()
+            .name("tidegate-warm".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => return eprintln!("tidegate: warm runtime: {e}"),
+                };
+                tokio::task::LocalSet::new().block_on(&rt, async move {
+                    let _ring = match crate::io::ring::Ring::start() {
+                        Ok(r) => r,
+                        Err(e) => return eprintln!("tidegate: io_uring setup: {e}"),
+                    };
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => {
+                            crate::telemetry::http::serve_admin(l, Some(warmer), stop_rx).await
+                        }
+                        Err(e) => eprintln!("tidegate: warm endpoint: {e}"),
+                    }
+                })
+            })?;
+        Ok(LocalCache { addr, stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.thread.join();
+    }
 }
 
 /// The source to list: `--source`, else the config file's, with S3
@@ -639,7 +743,10 @@ mod tests {
     fn args(dir: &Path, prefix: &str, admin: SocketAddr) -> WarmArgs {
         WarmArgs {
             prefix: prefix.to_string(),
-            admin,
+            admin: Some(admin),
+            cache: None,
+            cache_size: None,
+            cache_block_size: None,
             source: Some(dir.display().to_string()),
             endpoint_url: None,
             path_style: false,

@@ -85,7 +85,7 @@ pub enum CacheError {
     },
     #[error("cache {path}: {message}")]
     Invalid { path: String, message: String },
-    #[error("cache {path} is in use by another process (it holds the lock)")]
+    #[error("cache {path} is in use by another process (a running gateway holds its lock; `tidegate warm --admin` warms a running one)")]
     Locked { path: String },
 }
 
@@ -955,4 +955,34 @@ fn scan_region(
         used_bytes: offset,
         records,
     }))
+}
+
+/// Warms whole objects into a cache at their current version; what the
+/// admin endpoint's `/warm` calls.
+pub struct Warmer {
+    store: Arc<dyn ObjectStore>,
+    cache: Arc<BlockCache>,
+}
+
+impl Warmer {
+    pub fn new(store: Arc<dyn ObjectStore>, cache: Arc<BlockCache>) -> Warmer {
+        Warmer { store, cache }
+    }
+}
+
+impl telemetry::http::WarmTarget for Warmer {
+    fn warm<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + 'a>> {
+        Box::pin(async move {
+            let key = key.trim_start_matches('/');
+            let meta = self.store.head(key).await.map_err(|e| e.to_string())?;
+            self.cache
+                .warm(self.store.as_ref(), key, &meta.etag, meta.size)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(meta.size)
+        })
+    }
 }
