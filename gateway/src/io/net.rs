@@ -292,6 +292,18 @@ impl Stream {
     /// for each send says it no longer reads them; the caller does not wait
     /// for that.
     pub async fn send_all_zc<T: IoSlices>(&self, ring: &Rc<Ring>, items: Vec<T>) -> io::Result<()> {
+        self.send_slices(ring, items, true).await
+    }
+
+    /// Send every item's slices in order, zero-copy or with a plain
+    /// SENDMSG (which copies in the kernel but needs no notification; the
+    /// better choice for small payloads).
+    pub async fn send_slices<T: IoSlices>(
+        &self,
+        ring: &Rc<Ring>,
+        items: Vec<T>,
+        zero_copy: bool,
+    ) -> io::Result<()> {
         let batch = Rc::new(ZcBatch { items });
         let mut slices: Vec<&[u8]> = Vec::new();
         for it in &batch.items {
@@ -323,15 +335,23 @@ impl Stream {
             }
             zm.msg.msg_iov = zm.iovecs.as_mut_ptr();
             zm.msg.msg_iovlen = zm.iovecs.len();
-            let entry = opcode::SendMsgZc::new(types::Fd(self.fd.as_raw_fd()), &zm.msg)
-                .ioprio(SEND_ZC_REPORT_USAGE)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build();
+            let entry = if zero_copy {
+                opcode::SendMsgZc::new(types::Fd(self.fd.as_raw_fd()), &zm.msg)
+                    .ioprio(SEND_ZC_REPORT_USAGE)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+            } else {
+                opcode::SendMsg::new(types::Fd(self.fd.as_raw_fd()), &zm.msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+            };
             // SAFETY: msghdr and iovecs live in the box, the bytes in the
             // batch the box holds; the op keeps the box until the kernel's
             // notification.
             let op = unsafe { ZcOp::submit(ring, entry, zm) }?;
-            crate::telemetry::add(crate::telemetry::Counter::SendZc, 1);
+            if zero_copy {
+                crate::telemetry::add(crate::telemetry::Counter::SendZc, 1);
+            }
             match op.await {
                 Ok(0) => {
                     return Err(io::Error::new(

@@ -14,10 +14,14 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::record::RecordAssembler;
-use super::{handle_call, Reply, Services};
+use super::{handle_call, Reply, ReplyBody, Services};
 use crate::io::buf;
 use crate::io::net::{Stream, SEND_IOVECS_MAX};
 use crate::io::ring::Ring;
+
+/// Bulk bytes in a batch from which a zero-copy send is used (below it the
+/// page pinning and notification cost more than the copy saves).
+const ZERO_COPY_BYTES_MIN: usize = 16 * 1024;
 
 /// Bytes of replies gathered into one send.
 const SEND_BATCH_BYTES_MAX: usize = 4 << 20;
@@ -48,10 +52,20 @@ async fn writer(ring: Rc<Ring>, stream: Stream, mut rx: mpsc::UnboundedReceiver<
                 Err(_) => break,
             }
         }
-        let r = if batch.iter().any(|r| r.body.is_some()) {
-            // Cache data goes out zero-copy; the buffers return to their
-            // pools when the kernel is done with them.
-            stream.send_all_zc(&ring, std::mem::take(&mut batch)).await
+        let body_bytes: usize = batch
+            .iter()
+            .filter_map(|r| r.body.as_ref())
+            .map(ReplyBody::len)
+            .sum();
+        let r = if body_bytes > 0 {
+            // Cache data is sent from the cache buffers themselves: with a
+            // zero-copy send when there is enough of it to pay for the
+            // notification, else with a plain send from the same buffers.
+            // The buffers return to their pools when the kernel is done.
+            let zero_copy = body_bytes >= ZERO_COPY_BYTES_MIN;
+            stream
+                .send_slices(&ring, std::mem::take(&mut batch), zero_copy)
+                .await
         } else {
             let heads = batch.drain(..).map(|r| r.head).collect();
             let (r, sent) = stream.send_all(&ring, heads).await;

@@ -63,6 +63,7 @@ pub enum Counter {
     CacheNoSpace,
     CacheDeviceLost,
     CacheSingleFlightJoins,
+    CacheMemoryHits,
     SendZc,
     SendZcCopied,
     StoreGetRequests,
@@ -75,7 +76,7 @@ pub const COUNTER_COUNT: usize = Counter::ALL.len();
 
 impl Counter {
     /// Every counter, in export order.
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 21] = [
         Counter::CacheHits,
         Counter::CacheMisses,
         Counter::CacheHitBytes,
@@ -91,6 +92,7 @@ impl Counter {
         Counter::CacheNoSpace,
         Counter::CacheDeviceLost,
         Counter::CacheSingleFlightJoins,
+        Counter::CacheMemoryHits,
         Counter::SendZc,
         Counter::SendZcCopied,
         Counter::StoreGetRequests,
@@ -116,6 +118,7 @@ impl Counter {
             Counter::CacheNoSpace => "cache_no_space_total",
             Counter::CacheDeviceLost => "cache_device_lost_total",
             Counter::CacheSingleFlightJoins => "cache_single_flight_joins_total",
+            Counter::CacheMemoryHits => "cache_memory_hits_total",
             Counter::SendZc => "send_zc_total",
             Counter::SendZcCopied => "send_zc_copied_total",
             Counter::StoreGetRequests => "store_get_requests_total",
@@ -146,6 +149,7 @@ impl Counter {
             Counter::CacheSingleFlightJoins => {
                 "Misses that waited for a fetch already in flight instead of starting one."
             }
+            Counter::CacheMemoryHits => "Cache hits answered from the memory tier (no device I/O).",
             Counter::SendZc => "Zero-copy sends completed.",
             Counter::SendZcCopied => "Zero-copy sends the kernel completed by copying.",
             Counter::StoreGetRequests => "Ranged GET requests sent to the store.",
@@ -167,6 +171,7 @@ pub enum Gauge {
     CacheEntries,
     CacheEnabled,
     CacheRegisteredBuffers,
+    CacheMemoryBytes,
 }
 
 /// Number of [`Gauge`] variants.
@@ -174,12 +179,13 @@ pub const GAUGE_COUNT: usize = Gauge::ALL.len();
 
 impl Gauge {
     /// Every gauge, in export order.
-    pub const ALL: [Gauge; 5] = [
+    pub const ALL: [Gauge; 6] = [
         Gauge::CacheBytesCached,
         Gauge::CacheBytesCapacity,
         Gauge::CacheEntries,
         Gauge::CacheEnabled,
         Gauge::CacheRegisteredBuffers,
+        Gauge::CacheMemoryBytes,
     ];
 
     /// Prometheus name without the `tidegate_` prefix.
@@ -190,6 +196,7 @@ impl Gauge {
             Gauge::CacheEntries => "cache_entries",
             Gauge::CacheEnabled => "cache_enabled",
             Gauge::CacheRegisteredBuffers => "cache_registered_buffers",
+            Gauge::CacheMemoryBytes => "cache_memory_bytes",
         }
     }
 
@@ -201,6 +208,7 @@ impl Gauge {
             Gauge::CacheEntries => "Blocks held in the block cache.",
             Gauge::CacheEnabled => "1 while the block cache is in use, 0 when it is off.",
             Gauge::CacheRegisteredBuffers => "Buffers registered with io_uring for cache I/O.",
+            Gauge::CacheMemoryBytes => "Bytes of blocks held in the memory tier.",
         }
     }
 

@@ -426,6 +426,7 @@ impl BlockCache {
     }
 
     fn publish_gauges(&self) {
+        telemetry::set_gauge(Gauge::CacheMemoryBytes, self.memory.bytes());
         let (entries, bytes) = self.usage();
         telemetry::set_gauge(Gauge::CacheEntries, entries as u64);
         telemetry::set_gauge(Gauge::CacheBytesCached, bytes);
@@ -551,6 +552,7 @@ impl BlockCache {
         if cacheable && !warming {
             if let Some(block) = self.memory.get(id) {
                 telemetry::add(Counter::CacheHits, 1);
+                telemetry::add(Counter::CacheMemoryHits, 1);
                 telemetry::add(Counter::CacheHitBytes, len as u64);
                 return Ok(Piece::Shared { block, start, len });
             }
