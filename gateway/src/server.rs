@@ -206,7 +206,7 @@ impl Server {
                 })?;
             workers.push(handle);
         }
-        {
+        let control_thread = {
             let control = Control {
                 services: services.clone(),
                 admin,
@@ -220,9 +220,11 @@ impl Server {
                     index: usize::MAX,
                     message: e.to_string(),
                 })?;
-            workers.push(handle);
-        }
+            Some(handle)
+        };
         drop(ready_tx);
+        let worker_count = workers.len();
+        workers.extend(control_thread);
         let mut server = Server {
             local_addr,
             services,
@@ -247,7 +249,7 @@ impl Server {
         }
         tracing::info!(
             addr = %local_addr,
-            workers = server.workers.len(),
+            workers = worker_count,
             source = %server.services.vfs.store().describe(),
             "serving NFSv3 and MOUNTv3"
         );

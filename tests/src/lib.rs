@@ -16,15 +16,23 @@
 //! - [`s3`]: a private SeaweedFS instance (`weed mini`) as a real S3 server.
 //! - [`backend`]: one test body against a directory source and against a
 //!   SeaweedFS bucket.
+//! - [`s3proxy`]: a byte-transparent HTTP proxy in front of SeaweedFS that
+//!   counts the gateway's S3 requests (GETs per key, ranges, listings) and
+//!   can delay every answer's first byte.
+//! - [`cache_rig`]: SeaweedFS behind that proxy, the gateway with a block
+//!   cache and its admin endpoint (`/stats`), and datasets read back and
+//!   checked byte for byte; shared by the block-cache and cache-fault tests.
 //!
 //! Nothing here skips: a missing binary or tool is a test failure that says
 //! how to install it.
 
 pub mod backend;
+pub mod cache_rig;
 pub mod data;
 pub mod json;
 pub mod rpc;
 pub mod s3;
+pub mod s3proxy;
 pub mod server;
 pub mod sigv4;
 pub mod tools;

@@ -70,10 +70,22 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
+/// What [`Server::try_start_opts`] adds to the command line beyond the
+/// caller's own arguments.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// Serve the admin HTTP endpoint: `--admin 127.0.0.1:PORT` on a freshly
+    /// drawn port (drawn again with the NFS port when a start fails with an
+    /// address in use); see [`Server::admin_addr`].
+    pub admin: bool,
+}
+
 /// A running `tidegate serve` process. SIGTERM then SIGKILL on drop.
 pub struct Server {
     child: Option<Child>,
     pub port: u16,
+    /// The admin endpoint's port, when started with [`StartOptions::admin`].
+    pub admin_port: Option<u16>,
     pub source_dir: PathBuf,
     pub state_dir: PathBuf,
     stderr_path: PathBuf,
@@ -105,6 +117,17 @@ impl Server {
         extra: &[&str],
         env: &[(&str, String)],
     ) -> Result<Server> {
+        Self::try_start_opts(source, state_dir, extra, env, &StartOptions::default())
+    }
+
+    /// As [`Server::try_start_env`], with the [`StartOptions`].
+    pub fn try_start_opts(
+        source: &std::ffi::OsStr,
+        state_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+        opts: &StartOptions,
+    ) -> Result<Server> {
         let source_dir = Path::new(source);
         let bin = tidegate_bin();
         let mut last_err = None;
@@ -112,6 +135,12 @@ impl Server {
         // another test's process before the server binds it.
         for _attempt in 0..4 {
             let port = free_port();
+            let admin_port = opts.admin.then(|| loop {
+                let p = free_port();
+                if p != port {
+                    break p;
+                }
+            });
             let log_dir = tempfile::Builder::new().prefix("tidegate-log-").tempdir()?;
             let stderr_path = log_dir.path().join("stderr.log");
             let stderr_file = File::create(&stderr_path)?;
@@ -124,8 +153,11 @@ impl Server {
                 .arg(WORKERS.to_string())
                 .arg("--state-dir")
                 .arg(state_dir)
-                .args(extra)
-                .envs(env.iter().map(|(k, v)| (k, v)))
+                .args(extra);
+            if let Some(p) = admin_port {
+                cmd.arg("--admin").arg(format!("127.0.0.1:{p}"));
+            }
+            cmd.envs(env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(stderr_file));
@@ -138,6 +170,7 @@ impl Server {
             let mut server = Server {
                 child: Some(child),
                 port,
+                admin_port,
                 source_dir: source_dir.to_path_buf(),
                 state_dir: state_dir.to_path_buf(),
                 stderr_path,
@@ -177,12 +210,19 @@ impl Server {
                     self.stderr_text()
                 );
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            let admin_up = || {
+                self.admin_port.is_none_or(|p| {
+                    let admin = SocketAddr::from(([127, 0, 0, 1], p));
+                    TcpStream::connect_timeout(&admin, Duration::from_millis(200)).is_ok()
+                })
+            };
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() && admin_up() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "tidegate did not accept connections on {addr} within {READY_TIMEOUT:?}; stderr:\n{}",
+                    "tidegate did not accept connections on {addr} (and the admin port {:?}) within {READY_TIMEOUT:?}; stderr:\n{}",
+                    self.admin_port,
                     self.stderr_text()
                 );
             }
@@ -200,6 +240,14 @@ impl Server {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The admin endpoint (started with [`StartOptions::admin`]).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let port = self
+            .admin_port
+            .expect("the server was started without the admin endpoint");
+        SocketAddr::from(([127, 0, 0, 1], port))
     }
 
     pub fn pid(&self) -> u32 {
@@ -270,6 +318,22 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl Server {
+    /// SIGKILL (a crash, as far as the server can tell), then reap it.
+    pub fn kill_hard(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server already stopped");
+        let _ = child.kill();
+        child.wait().expect("wait for the killed tidegate")
+    }
+
+    /// Whether the process is still running (false once stopped).
+    pub fn is_alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 

@@ -472,6 +472,8 @@ impl BlockCache {
             tracing::error!(path = %self.path.display(), why, "cache disabled; serving every read from the store");
             telemetry::add(Counter::CacheDeviceLost, 1);
             telemetry::set_gauge(Gauge::CacheEnabled, 0);
+            telemetry::set_gauge(Gauge::CacheEntries, 0);
+            telemetry::set_gauge(Gauge::CacheBytesCached, 0);
         }
     }
 
