@@ -163,6 +163,10 @@ fn init_logging(filter: Option<&str>) {
         .init();
 }
 
+/// Cache file size and admin address of the demo (no SOURCE given).
+const DEMO_CACHE_SIZE: &str = "256MiB";
+const DEMO_ADMIN: &str = "127.0.0.1:9180";
+
 /// Create a small demo bucket the first time `serve` runs without a source.
 fn demo_source() -> Result<PathBuf> {
     let dir = config::data_dir().join("demo-bucket");
@@ -192,11 +196,13 @@ fn resolve(args: ServeArgs) -> Result<Config> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
+    let mut demo = false;
     let source_text = match args.source.or(file.source) {
         Some(s) => s,
         None => {
             let d = demo_source()?;
             tracing::info!(dir = %d.display(), "no SOURCE given; serving the demo directory");
+            demo = true;
             d.display().to_string()
         }
     };
@@ -258,15 +264,21 @@ fn resolve(args: ServeArgs) -> Result<Config> {
         cache: None,
         admin: None,
     };
-    let cache = match args.cache.or(file.cache) {
+    let mut cache_path = args.cache.or(file.cache);
+    let mut cache_size = args.cache_size.or(file.cache_size);
+    let mut admin = args.admin.or(file.admin);
+    if demo && cache_path.is_none() {
+        // The demo shows the whole path: a small cache file and the admin
+        // endpoint that `tidegate cache stats` reads.
+        cache_path = Some(config::data_dir().join("demo-cache.img"));
+        cache_size = cache_size.or(Some(DEMO_CACHE_SIZE.to_string()));
+        admin = admin.or(Some(DEMO_ADMIN.parse()?));
+    }
+    let cache = match cache_path {
         None => None,
         Some(path) => Some(tidegate::cache::block::CacheConfig {
             path,
-            size_bytes: args
-                .cache_size
-                .or(file.cache_size)
-                .map(|s| config::parse_bytes(&s))
-                .transpose()?,
+            size_bytes: cache_size.map(|s| config::parse_bytes(&s)).transpose()?,
             block_bytes: match args.cache_block_size.or(file.cache_block_size) {
                 Some(s) => config::parse_bytes(&s)?,
                 None => tidegate::cache::block::BLOCK_BYTES_DEFAULT,
@@ -279,7 +291,7 @@ fn resolve(args: ServeArgs) -> Result<Config> {
     };
     let cfg = Config {
         cache,
-        admin: args.admin.or(file.admin),
+        admin,
         ..cfg
     };
     cfg.validate()?;
