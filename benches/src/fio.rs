@@ -151,6 +151,73 @@ pub fn run(
     ))
 }
 
+/// A timed job of `benches/fio/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Job {
+    /// The job's section name in its file, and its name in reports.
+    pub name: &'static str,
+    pub file: &'static str,
+}
+
+/// The timed jobs, in the order they run and are reported: sequential
+/// 1 MiB reads at iodepth 16, random 4 KiB reads at iodepth 32.
+pub const JOBS: &[Job] = &[
+    Job {
+        name: "seq-read-1m",
+        file: "seq-read-1m.fio",
+    },
+    Job {
+        name: "rand-read-4k",
+        file: "rand-read-4k.fio",
+    },
+];
+
+/// Extra time allowed to a timed job beyond its runtime and ramp.
+const JOB_SLACK: Duration = Duration::from_secs(120);
+
+/// What every timed job shares, whatever the server: the client, the
+/// file, and the durations.
+#[derive(Debug, Clone, Copy)]
+pub struct JobParams<'a> {
+    /// fio built with the nfs engine.
+    pub fio: &'a Path,
+    pub file_name: &'a str,
+    pub size_bytes: u64,
+    /// Measured seconds.
+    pub runtime_secs: u64,
+    /// Unmeasured seconds before the measured window.
+    pub ramp_secs: u64,
+}
+
+/// Runs `job` against the export root at the libnfs URL `url` (the job
+/// file reads its parameters from `TG_*` variables), with JSON output to
+/// `out`; fails when fio read nothing. Returns the numbers of the measured
+/// window (the ramp excluded) and fio's version.
+pub fn run_job(
+    sb: &Sandbox,
+    p: &JobParams<'_>,
+    job: Job,
+    url: &str,
+    out: &Path,
+) -> Result<(Measured, String)> {
+    let job_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fio")
+        .join(job.file);
+    let mut cmd = sb.command(p.fio);
+    cmd.arg(&job_path)
+        .env("TG_NFS_URL", url)
+        .env("TG_FILE", p.file_name)
+        .env("TG_SIZE", p.size_bytes.to_string())
+        .env("TG_RUNTIME", p.runtime_secs.to_string())
+        .env("TG_RAMP", p.ramp_secs.to_string());
+    let timeout = Duration::from_secs(p.runtime_secs + p.ramp_secs) + JOB_SLACK;
+    let result = run(sb, cmd, out, timeout)?;
+    if result.0.stats.io_bytes == 0 {
+        bail!("fio job {} read nothing", job.name);
+    }
+    Ok(result)
+}
+
 /// Reads `size_bytes` of `file_name` once, sequentially in 1 MiB requests
 /// with 16 in flight (the shape of `fio/seq-read-1m.fio`, not time-based),
 /// through the libnfs URL `url`; fails unless every byte was read. The job

@@ -12,6 +12,11 @@
 //! the request path — RPC handling, copies, scheduling — not of disks. On a
 //! 2-core machine the client and server share the cores, which bounds both.
 //!
+//! The warm-cache section ([`warm`]) repeats the comparison with tidegate's
+//! block cache on (`--cache`), warmed before the timed runs, and adds the
+//! CPU time each server spends per GiB served and tidegate's cache and
+//! zero-copy counters.
+//!
 //! The harness also measures reads through S3: SeaweedFS ([`seaweed`])
 //! runs in the same namespace, and tidegate and `rclone serve nfs` serve the
 //! same bucket ([`servers`]); and, with `--listing`, the scale of one huge
@@ -24,6 +29,7 @@
 
 pub mod clock;
 pub mod fio;
+pub mod ganesha;
 pub mod json;
 pub mod listing;
 pub mod nfs3;
@@ -33,8 +39,17 @@ pub mod sandbox;
 pub mod seaweed;
 pub mod servers;
 pub mod tree;
+pub mod warm;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+/// Largest HTTP response [`http_get`] reads.
+const HTTP_RESPONSE_BYTES_MAX: u64 = 64 << 20;
 
 /// An executable named `name` on PATH (then `/usr/sbin`, `/sbin`). A
 /// pyenv shim is resolved to the program behind it, so that the process
@@ -76,7 +91,6 @@ pub fn workspace_root() -> PathBuf {
 
 /// Resident memory of a process in bytes (`VmRSS`).
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    use anyhow::Context;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("read /proc/{pid}/status"))?;
     let kib = status
@@ -86,4 +100,86 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.parse::<u64>().ok())
         .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
     Ok(kib * 1024)
+}
+
+/// CPU time a process has used so far, in seconds: `utime + stime` of
+/// `/proc/PID/stat`, which for a process (thread group) sums all its
+/// threads, those that exited included; children are not counted.
+pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    cpu_secs_of_stat(&stat).with_context(|| format!("parse {path}: {stat:?}"))
+}
+
+fn cpu_secs_of_stat(stat: &str) -> Option<f64> {
+    // Fields after the parenthesised command name start at field 3
+    // (state); utime and stime are fields 14 and 15, in clock ticks.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime_ticks: u64 = rest.next()?.parse().ok()?;
+    let stime_ticks: u64 = rest.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions; it only reads a constant.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks_per_s > 0).then(|| (utime_ticks + stime_ticks) as f64 / ticks_per_s as f64)
+}
+
+/// The body of `GET path` from `127.0.0.1:port` (HTTP/1.0, connection
+/// closed by the server); fails unless the status is 200. Call from inside
+/// the namespace ([`sandbox::Sandbox::in_netns`]).
+pub fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let url = format!("http://{addr}{path}");
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connect for GET {url}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .with_context(|| format!("send GET {url}"))?;
+    let mut text = String::new();
+    s.take(HTTP_RESPONSE_BYTES_MAX)
+        .read_to_string(&mut text)
+        .with_context(|| format!("read the response to GET {url}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("GET {url}: response without end of headers"))?;
+    let status_line = head.lines().next().unwrap_or_default();
+    if status_line.split_whitespace().nth(1) != Some("200") {
+        bail!("GET {url}: {status_line}");
+    }
+    Ok(body.to_owned())
+}
+
+/// `tidegate / peer` as `1.23x`, or `-` when there is no ratio.
+pub fn ratio_text(tidegate: f64, peer: f64) -> String {
+    if peer > 0.0 && tidegate.is_finite() {
+        format!("{:.2}x", tidegate / peer)
+    } else {
+        "-".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_from_stat() {
+        // A command name with spaces and parentheses, as the kernel allows.
+        let stat = "4242 (ganesha (x) d) S 1 4242 4242 0 -1 4194560 1 0 0 0 250 150 0 0 20 0 9 0";
+        // SAFETY: as in cpu_secs_of_stat.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        assert_eq!(cpu_secs_of_stat(stat), Some(400.0 / hz));
+        assert_eq!(cpu_secs_of_stat("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable() {
+        assert!(cpu_secs(std::process::id()).unwrap() >= 0.0);
+    }
+
+    #[test]
+    fn ratios() {
+        assert_eq!(ratio_text(3.0, 2.0), "1.50x");
+        assert_eq!(ratio_text(3.0, 0.0), "-");
+    }
 }

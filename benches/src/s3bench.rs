@@ -10,7 +10,7 @@
 //!   state or cache directory and the file is read once, front to back,
 //!   with fio's nfs engine (1 MiB requests, 16 in flight); then a second
 //!   pass through the same running server (rclone then serves from its
-//!   disk cache; tidegate has no block cache yet and goes to S3 again).
+//!   disk cache; the S3 section runs tidegate without its block cache (the warm section measures the cache) and goes to S3 again).
 //! - **stat walk, cold**: the server starts fresh again and a raw walker
 //!   does what `ls -lR` makes a client do, one call at a time: READDIR each
 //!   directory, LOOKUP and GETATTR every file; then the same walk again on

@@ -12,8 +12,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -199,13 +198,7 @@ exec "$@"
 /// `SeaweedFS_s3_request_total{type=...}` counters), read from the
 /// metrics port. Call from inside the namespace.
 pub fn s3_request_counts() -> Result<Vec<(String, u64)>> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], METRICS_PORT));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .context("connect to SeaweedFS metrics")?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut text = String::new();
-    s.take(64 << 20).read_to_string(&mut text)?;
+    let text = crate::http_get(METRICS_PORT, "/metrics").context("SeaweedFS metrics")?;
     let mut counts: Vec<(String, u64)> = Vec::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("SeaweedFS_s3_request_total{") else {

@@ -1,12 +1,14 @@
-//! Starting the NFS servers that serve the S3 bucket inside the sandbox —
-//! tidegate (`tidegate serve s3://BUCKET`) and `rclone serve nfs` — and
-//! waiting until they answer.
+//! Starting the NFS servers inside the sandbox — tidegate over a local
+//! directory (`tidegate serve DIR`) or the S3 bucket (`tidegate serve
+//! s3://BUCKET`), and `rclone serve nfs` — and waiting until they answer.
 //!
-//! Both speak MOUNT and NFSv3 on one TCP port, so no rpcbind is involved
+//! These speak MOUNT and NFSv3 on one TCP port, so no rpcbind is involved
 //! and libnfs URLs name the port twice (`nfsport=P&mountport=P`). rclone
 //! exports the remote's root as `/`: MNT `/` gives the bucket.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -17,6 +19,40 @@ use crate::seaweed::Seaweed;
 
 /// How long a server may take until MNT and a LOOKUP succeed.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// tidegate serving a local directory.
+pub struct TidegateDir<'a> {
+    pub bin: &'a Path,
+    pub source_dir: &'a Path,
+    pub port: u16,
+    pub state_dir: &'a Path,
+    pub workers: Option<u32>,
+    /// Further flags, e.g. `--cache PATH`.
+    pub extra_args: &'a [String],
+}
+
+/// Starts tidegate as service `name` with a fresh state directory.
+pub fn start_tidegate_dir(
+    sb: &mut Sandbox,
+    name: &str,
+    t: &TidegateDir<'_>,
+    log: &Path,
+) -> Result<()> {
+    let _ = std::fs::remove_dir_all(t.state_dir);
+    std::fs::create_dir_all(t.state_dir)
+        .with_context(|| format!("create {}", t.state_dir.display()))?;
+    let mut cmd = sb.command(t.bin);
+    cmd.arg("serve")
+        .arg(t.source_dir)
+        .args(["--listen", &format!("127.0.0.1:{}", t.port)])
+        .arg("--state-dir")
+        .arg(t.state_dir)
+        .args(t.extra_args);
+    if let Some(n) = t.workers {
+        cmd.args(["--workers", &n.to_string()]);
+    }
+    sb.spawn_service(name, cmd, log)
+}
 
 /// tidegate serving `s3://{bucket}` from the SeaweedFS instance.
 pub struct TidegateS3<'a> {
@@ -172,6 +208,71 @@ pub fn wait_nfs_ready(
         }
         sandbox::sleep_interruptible(Duration::from_millis(250))?;
     }
+}
+
+/// Polls `nfs-ls` on the export root at `url` until it lists `file_name`;
+/// works for any server, including one found through rpcbind (Ganesha).
+pub fn wait_listed(
+    sb: &mut Sandbox,
+    name: &str,
+    url: &str,
+    file_name: &str,
+    log: &Path,
+) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let alive = sb
+            .service_mut(name)
+            .context("service not started")?
+            .check_alive();
+        if let Err(err) = alive {
+            bail!(
+                "{err:#}; last lines of {}:\n{}",
+                log.display(),
+                sandbox::log_tail(log, 20)
+            );
+        }
+        let mut cmd = sb.command("nfs-ls");
+        cmd.arg(url).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = cmd.spawn().context("start nfs-ls")?;
+        let out = wait_output(child, "nfs-ls", Duration::from_secs(10))?;
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(file_name) {
+            return Ok(());
+        }
+        let last_err = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        if Instant::now() >= deadline {
+            bail!(
+                "{name} did not list {file_name} within {}s (last nfs-ls: {last_err}); last lines of {}:\n{}",
+                READY_TIMEOUT.as_secs(),
+                log.display(),
+                sandbox::log_tail(log, 20)
+            );
+        }
+        sandbox::sleep_interruptible(Duration::from_millis(250))?;
+    }
+}
+
+/// Like `Child::wait_with_output`, but interruptible and bounded. Only for
+/// commands with small output (the pipes are drained after exit).
+fn wait_output(mut child: Child, what: &str, timeout: Duration) -> Result<Output> {
+    let status = sandbox::wait_child(&mut child, what, timeout)?;
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_end(&mut stdout);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_end(&mut stderr);
+    }
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 /// The pid of the process named `comm` that is `pid` or its nearest

@@ -34,9 +34,12 @@ Commands:
                               `cargo xtask vm --help` lists the options.
   bench [HARNESS_ARGS...]     Install benchmark peers, build the release
                               server, run the side-by-side harness (tidegate vs
-                              NFS-Ganesha; then tidegate vs rclone serve nfs
-                              over S3) and print its tables. Arguments go to
-                              the harness; `cargo xtask bench --help` lists them.
+                              NFS-Ganesha; the same with tidegate's block cache
+                              warmed, with CPU s/GiB per server; then tidegate
+                              vs rclone serve nfs over S3) and print its tables.
+                              Arguments go to the harness; `cargo xtask bench
+                              --help` lists them. `--warm-only` runs only the
+                              warm-cache section, `--no-warm` leaves it out.
                               `cargo xtask bench --listing [--keys N]` measures
                               one directory of N (1M) keys in S3 instead.
   fmt                         cargo fmt --all

@@ -8,7 +8,8 @@
 //! - the handle table ([`HandleTable::ensure_ids`], one call per LIST page
 //!   of 1000 keys, as the listing fetch does), which records every key in
 //!   redb (its page cache bounded by `HANDLE_DB_CACHE_BYTES`);
-//! - the listing ([`ListingState::append`] of one [`DirEntry`] per key);
+//! - the listing ([`ListingState::append`] of one [`DirEntry`] per key,
+//!   with the key's ETag, as S3 LIST gives it);
 //! - separately, what each node costs that the table keeps in memory
 //!   ([`HandleTable::ensure`], as LOOKUP does): the node, its key and its
 //!   entries in the id → node and key → id maps;
@@ -257,6 +258,8 @@ fn run() -> Result<()> {
                 id,
                 size: 0,
                 mtime,
+                // S3 LIST gives every key's ETag and the listing keeps it.
+                etag: Some(Arc::from(format!("{id:032x}").as_str())),
             })
             .collect();
         let last = page.last().map(|k| &k[prefix.len()..]);

