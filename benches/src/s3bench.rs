@@ -9,8 +9,9 @@
 //! - **sequential 1 MiB read, cold**: the server starts with an empty
 //!   state or cache directory and the file is read once, front to back,
 //!   with fio's nfs engine (1 MiB requests, 16 in flight); then a second
-//!   pass through the same running server (rclone then serves from its
-//!   disk cache; the S3 section runs tidegate without its block cache (the warm section measures the cache) and goes to S3 again).
+//!   pass through the same running server (rclone serves it from its disk
+//!   cache, tidegate from its block cache, which lives in its fresh state
+//!   directory).
 //! - **stat walk, cold**: the server starts fresh again and a raw walker
 //!   does what `ls -lR` makes a client do, one call at a time: READDIR each
 //!   directory, LOOKUP and GETATTR every file; then the same walk again on

@@ -94,6 +94,11 @@ pub fn start_tidegate_s3(
         .args(["--listen", &format!("127.0.0.1:{}", t.port)])
         .arg("--state-dir")
         .arg(t.state_dir)
+        // The block cache lives in the fresh state directory, so a cold
+        // start is cold for data too.
+        .arg("--cache")
+        .arg(t.state_dir.join("cache.img"))
+        .args(["--cache-size", "2GiB"])
         .args(t.extra_args);
     if let Some(n) = t.workers {
         cmd.args(["--workers", &n.to_string()]);
