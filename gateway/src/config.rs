@@ -124,6 +124,11 @@ pub struct FileConfig {
     pub cache_size: Option<String>,
     pub cache_block_size: Option<String>,
     pub cache_memory: Option<String>,
+    pub prefetch: Option<String>,
+    pub prefetch_window_max: Option<String>,
+    pub prefetch_budget: Option<String>,
+    pub prefetch_client_budget: Option<String>,
+    pub small_object_size: Option<String>,
     pub admin: Option<SocketAddr>,
 }
 

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod io;
 pub mod nfs;
+pub mod prefetch;
 pub mod rpc;
 pub mod server;
 pub mod store;

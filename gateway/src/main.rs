@@ -137,6 +137,28 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     cache_memory: Option<String>,
 
+    /// Fetch ahead of readers that go through files sequentially or at a stride (into the
+    /// block cache); `off` fetches only what is read [default: on]
+    #[arg(long, value_name = "on|off")]
+    prefetch: Option<String>,
+
+    /// Largest readahead window of one stream [default: 64MiB]
+    #[arg(long, value_name = "BYTES")]
+    prefetch_window_max: Option<String>,
+
+    /// Bytes of prefetch in flight across all clients [default: 512MiB]
+    #[arg(long, value_name = "BYTES")]
+    prefetch_budget: Option<String>,
+
+    /// Bytes of prefetch in flight for one client [default: 128MiB]
+    #[arg(long, value_name = "BYTES")]
+    prefetch_client_budget: Option<String>,
+
+    /// Objects up to this size are fetched whole, in one GET, on their first read
+    /// [default: 4MiB]
+    #[arg(long, value_name = "BYTES")]
+    small_object_size: Option<String>,
+
     /// Serve Prometheus metrics (/metrics), cache statistics (/stats, read by `tidegate cache
     /// stats`) and cache warming (/warm, used by `tidegate warm`) over HTTP on this address.
     /// Keep it on loopback or a management network: it has no authentication
@@ -274,6 +296,25 @@ fn resolve(args: ServeArgs) -> Result<Config> {
         cache_size = cache_size.or(Some(DEMO_CACHE_SIZE.to_string()));
         admin = admin.or(Some(DEMO_ADMIN.parse()?));
     }
+    let mut prefetch = tidegate::prefetch::PrefetchConfig::default();
+    match args.prefetch.or(file.prefetch).as_deref() {
+        None | Some("on") => {}
+        Some("off") => prefetch.enabled = false,
+        Some(other) => bail!("--prefetch takes on or off, not {other:?}"),
+    }
+    if let Some(s) = args.prefetch_window_max.or(file.prefetch_window_max) {
+        prefetch.tracker.window_max_bytes =
+            config::parse_bytes(&s)?.max(prefetch.tracker.window_min_bytes);
+    }
+    if let Some(s) = args.prefetch_budget.or(file.prefetch_budget) {
+        prefetch.budget_bytes = config::parse_bytes(&s)?;
+    }
+    if let Some(s) = args.prefetch_client_budget.or(file.prefetch_client_budget) {
+        prefetch.client_budget_bytes = config::parse_bytes(&s)?;
+    }
+    if let Some(s) = args.small_object_size.or(file.small_object_size) {
+        prefetch.small_object_bytes = config::parse_bytes(&s)?;
+    }
     let cache = match cache_path {
         None => None,
         Some(path) => Some(tidegate::cache::block::CacheConfig {
@@ -287,6 +328,7 @@ fn resolve(args: ServeArgs) -> Result<Config> {
                 Some(s) => config::parse_bytes(&s)?,
                 None => config::default_cache_memory_bytes(),
             },
+            prefetch: Some(prefetch),
         }),
     };
     let cfg = Config {

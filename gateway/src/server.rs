@@ -415,13 +415,18 @@ impl Control {
     }
 
     async fn serve(self, ready: Ready) {
-        // Warming writes cache blocks through a ring of this thread's own.
-        let _ring = match Ring::start() {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = ready.send(Err((usize::MAX, format!("control io_uring setup: {e}"))));
-                return;
+        // Warming writes cache blocks through a ring of this thread's own
+        // (only needed with a cache).
+        let _ring = if self.services.vfs.cache().is_some() {
+            match Ring::start() {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let _ = ready.send(Err((usize::MAX, format!("control io_uring setup: {e}"))));
+                    return;
+                }
             }
+        } else {
+            None
         };
         if let Some(admin) = self.admin {
             let listener = admin

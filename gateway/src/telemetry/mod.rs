@@ -69,6 +69,16 @@ pub enum Counter {
     StoreGetRequests,
     StoreGetBytes,
     NfsCalls,
+    PrefetchBlocks,
+    PrefetchBytes,
+    PrefetchHits,
+    PrefetchUsedBytes,
+    PrefetchUnusedBytes,
+    PrefetchBudgetSkips,
+    PrefetchWindowGrows,
+    PrefetchWindowCollapses,
+    CacheBypassReads,
+    CacheBypassBytes,
 }
 
 /// Number of [`Counter`] variants.
@@ -76,7 +86,7 @@ pub const COUNTER_COUNT: usize = Counter::ALL.len();
 
 impl Counter {
     /// Every counter, in export order.
-    pub const ALL: [Counter; 21] = [
+    pub const ALL: [Counter; 31] = [
         Counter::CacheHits,
         Counter::CacheMisses,
         Counter::CacheHitBytes,
@@ -98,6 +108,16 @@ impl Counter {
         Counter::StoreGetRequests,
         Counter::StoreGetBytes,
         Counter::NfsCalls,
+        Counter::PrefetchBlocks,
+        Counter::PrefetchBytes,
+        Counter::PrefetchHits,
+        Counter::PrefetchUsedBytes,
+        Counter::PrefetchUnusedBytes,
+        Counter::PrefetchBudgetSkips,
+        Counter::PrefetchWindowGrows,
+        Counter::PrefetchWindowCollapses,
+        Counter::CacheBypassReads,
+        Counter::CacheBypassBytes,
     ];
 
     /// Prometheus name without the `tidegate_` prefix.
@@ -124,6 +144,16 @@ impl Counter {
             Counter::StoreGetRequests => "store_get_requests_total",
             Counter::StoreGetBytes => "store_get_bytes_total",
             Counter::NfsCalls => "nfs_calls_total",
+            Counter::PrefetchBlocks => "prefetch_blocks_total",
+            Counter::PrefetchBytes => "prefetch_bytes_total",
+            Counter::PrefetchHits => "prefetch_hits_total",
+            Counter::PrefetchUsedBytes => "prefetch_used_bytes_total",
+            Counter::PrefetchUnusedBytes => "prefetch_unused_bytes_total",
+            Counter::PrefetchBudgetSkips => "prefetch_budget_skips_total",
+            Counter::PrefetchWindowGrows => "prefetch_window_grows_total",
+            Counter::PrefetchWindowCollapses => "prefetch_window_collapses_total",
+            Counter::CacheBypassReads => "cache_bypass_reads_total",
+            Counter::CacheBypassBytes => "cache_bypass_bytes_total",
         }
     }
 
@@ -155,6 +185,22 @@ impl Counter {
             Counter::StoreGetRequests => "Ranged GET requests sent to the store.",
             Counter::StoreGetBytes => "Bytes received from the store by ranged GETs.",
             Counter::NfsCalls => "NFS and MOUNT calls handled.",
+            Counter::PrefetchBlocks => "Blocks fetched ahead of their readers.",
+            Counter::PrefetchBytes => "Bytes fetched ahead of their readers.",
+            Counter::PrefetchHits => "Prefetched blocks that a reader then used.",
+            Counter::PrefetchUsedBytes => "Bytes of prefetched blocks that a reader then used.",
+            Counter::PrefetchUnusedBytes => {
+                "Bytes prefetched and forgotten or evicted without being read (waste)."
+            }
+            Counter::PrefetchBudgetSkips => "Prefetches skipped because a budget was exhausted.",
+            Counter::PrefetchWindowGrows => "Times a stream's readahead window grew.",
+            Counter::PrefetchWindowCollapses => {
+                "Times readahead windows collapsed on random access."
+            }
+            Counter::CacheBypassReads => {
+                "Random reads fetched exactly, without a whole block or caching."
+            }
+            Counter::CacheBypassBytes => "Bytes fetched by random reads without caching.",
         }
     }
 
@@ -172,6 +218,8 @@ pub enum Gauge {
     CacheEnabled,
     CacheRegisteredBuffers,
     CacheMemoryBytes,
+    PrefetchInFlightBytes,
+    PrefetchStreams,
 }
 
 /// Number of [`Gauge`] variants.
@@ -179,13 +227,15 @@ pub const GAUGE_COUNT: usize = Gauge::ALL.len();
 
 impl Gauge {
     /// Every gauge, in export order.
-    pub const ALL: [Gauge; 6] = [
+    pub const ALL: [Gauge; 8] = [
         Gauge::CacheBytesCached,
         Gauge::CacheBytesCapacity,
         Gauge::CacheEntries,
         Gauge::CacheEnabled,
         Gauge::CacheRegisteredBuffers,
         Gauge::CacheMemoryBytes,
+        Gauge::PrefetchInFlightBytes,
+        Gauge::PrefetchStreams,
     ];
 
     /// Prometheus name without the `tidegate_` prefix.
@@ -197,6 +247,8 @@ impl Gauge {
             Gauge::CacheEnabled => "cache_enabled",
             Gauge::CacheRegisteredBuffers => "cache_registered_buffers",
             Gauge::CacheMemoryBytes => "cache_memory_bytes",
+            Gauge::PrefetchInFlightBytes => "prefetch_in_flight_bytes",
+            Gauge::PrefetchStreams => "prefetch_streams",
         }
     }
 
@@ -209,6 +261,8 @@ impl Gauge {
             Gauge::CacheEnabled => "1 while the block cache is in use, 0 when it is off.",
             Gauge::CacheRegisteredBuffers => "Buffers registered with io_uring for cache I/O.",
             Gauge::CacheMemoryBytes => "Bytes of blocks held in the memory tier.",
+            Gauge::PrefetchInFlightBytes => "Bytes of prefetch fetches in flight.",
+            Gauge::PrefetchStreams => "Read streams being tracked.",
         }
     }
 

@@ -201,6 +201,7 @@ impl LocalCache {
                 None => BLOCK_BYTES_DEFAULT,
             },
             memory_bytes: 0,
+            prefetch: None,
         };
         let (cache, report) = BlockCache::open(&config)?;
         eprintln!(

@@ -323,6 +323,7 @@ impl Vfs {
         node: &Node,
         offset: u64,
         count: usize,
+        client: u64,
     ) -> Option<FsResult<(Vec<Piece>, usize, bool, Attr)>> {
         let cache = self.cache.as_ref().filter(|c| c.is_enabled())?;
         if node.kind() == NodeKind::Dir {
@@ -348,12 +349,14 @@ impl Vfs {
             let want = (attr.size - offset).min(count as u64) as usize;
             match cache
                 .read(
-                    self.store.as_ref(),
+                    &self.store,
                     &node.key,
                     &etag,
                     attr.size,
                     offset,
                     want,
+                    client,
+                    node.id,
                 )
                 .await
             {

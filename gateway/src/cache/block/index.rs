@@ -157,6 +157,11 @@ impl Directory {
         self.live_bytes
     }
 
+    /// Whether a block is cached (not counted as an access).
+    pub fn contains(&self, id: BlockId) -> bool {
+        self.map.contains_key(&id)
+    }
+
     /// Find a block and count the access.
     pub fn lookup(&mut self, id: BlockId) -> Option<Loc> {
         self.sketch.add(id);

@@ -50,6 +50,17 @@ impl MemoryTier {
         &self.shards[(id as usize ^ (id >> 64) as usize) % SHARDS]
     }
 
+    /// Whether the block is held (without touching its reference bit).
+    pub fn contains(&self, id: BlockId) -> bool {
+        self.is_enabled()
+            && self
+                .shard(id)
+                .lock()
+                .expect("memory tier poisoned")
+                .map
+                .contains_key(&id)
+    }
+
     pub fn get(&self, id: BlockId) -> Option<Arc<Fetched>> {
         if self.shard_bytes_max == 0 {
             return None;

@@ -57,6 +57,7 @@ use tokio::sync::watch;
 
 use crate::io::aligned::{align_up, AlignedBuf, PoolBuf, ALIGN_BYTES};
 use crate::io::disk;
+use crate::prefetch::{Pattern, PrefetchConfig, Prefetcher, ReadEvent, ReadObserver};
 use crate::store::{ObjectStore, StoreError};
 use crate::telemetry::{self, Counter, Gauge, Latency};
 use format::{RecordHeader, Superblock, SUPER_BYTES};
@@ -100,6 +101,8 @@ pub struct CacheConfig {
     /// Bytes of RAM for the tier of hottest blocks in front of the device
     /// (0 turns it off).
     pub memory_bytes: u64,
+    /// Prefetch ahead of readers (`None` or disabled: no prefetch).
+    pub prefetch: Option<PrefetchConfig>,
 }
 
 /// A block fetched from the store, laid out as a record (header then data)
@@ -156,6 +159,20 @@ fn log_once(flag: &AtomicBool) -> bool {
     !flag.swap(true, Ordering::Relaxed)
 }
 
+/// Why a block is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A client reads it.
+    Read,
+    /// A client reads part of it with no pattern: fetch only that part
+    /// unless the block is cached or already on its way.
+    Exact,
+    /// `tidegate warm`: admit it and wait for the write.
+    Warm,
+    /// Ahead of a reader.
+    Prefetch,
+}
+
 pub struct BlockCache {
     file: File,
     path: PathBuf,
@@ -166,6 +183,7 @@ pub struct BlockCache {
     layout: Layout,
     dir: Mutex<Directory>,
     memory: MemoryTier,
+    prefetcher: Option<Prefetcher>,
     flights: Mutex<HashMap<BlockId, watch::Receiver<FlightResult>>>,
     enabled: AtomicBool,
     logged: Logged,
@@ -392,6 +410,7 @@ impl BlockCache {
             layout,
             dir: Mutex::new(dir),
             memory: MemoryTier::new(config.memory_bytes),
+            prefetcher: config.prefetch.filter(|p| p.enabled).map(Prefetcher::new),
             flights: Mutex::new(HashMap::new()),
             enabled: AtomicBool::new(true),
             logged: Logged::default(),
@@ -479,17 +498,47 @@ impl BlockCache {
 
     /// Read `len` bytes at `offset` of version `etag` of object `key`
     /// (`size` bytes long), as pieces that together hold the bytes in order.
-    /// Must run on a worker thread with a ring.
+    /// `client` and `file` identify the reader's stream for prefetch. Must
+    /// run on a worker thread with a ring.
+    #[allow(clippy::too_many_arguments)]
     pub async fn read(
         self: &Arc<Self>,
-        store: &dyn ObjectStore,
+        store: &Arc<dyn ObjectStore>,
         key: &str,
         etag: &str,
         size: u64,
         offset: u64,
         len: usize,
+        client: u64,
+        file: u64,
     ) -> Result<Vec<Piece>, StoreError> {
         let end = (offset + len as u64).min(size);
+        let mut purpose = Purpose::Read;
+        if let Some(p) = &self.prefetcher {
+            let advice = p.observe(&ReadEvent {
+                client,
+                file,
+                offset,
+                len: (end - offset) as u32,
+                at: Instant::now(),
+            });
+            if size > self.block_bytes {
+                if size <= p.config().small_object_bytes {
+                    // Small objects come whole, in one GET, on first touch.
+                    if let Err(e) = self.fetch_whole(store.as_ref(), key, etag, size).await {
+                        tracing::debug!(%key, error = %e, "whole-object fetch failed; reading by block");
+                    }
+                } else if matches!(advice.pattern, Pattern::Random | Pattern::Unknown)
+                    && offset != 0
+                {
+                    // No pattern: fetch what is asked, no more.
+                    purpose = Purpose::Exact;
+                }
+            }
+            for r in advice.ahead {
+                self.prefetch_range(store, key, etag, size, r, client);
+            }
+        }
         let mut pieces = Vec::with_capacity(2);
         let mut at = offset;
         while at < end {
@@ -499,12 +548,369 @@ impl BlockCache {
             let in_block = (at - block_start) as usize;
             let take = ((end - at) as usize).min(block_len - in_block);
             pieces.push(
-                self.block(store, key, etag, index, block_len, in_block, take, false)
-                    .await?,
+                self.block(
+                    store.as_ref(),
+                    key,
+                    etag,
+                    index,
+                    block_len,
+                    in_block,
+                    take,
+                    purpose,
+                )
+                .await?,
             );
             at += take as u64;
         }
         Ok(pieces)
+    }
+
+    /// Start fetching the blocks of `range` that are neither cached nor in
+    /// flight, as far as the prefetch budget allows.
+    fn prefetch_range(
+        self: &Arc<Self>,
+        store: &Arc<dyn ObjectStore>,
+        key: &str,
+        etag: &str,
+        size: u64,
+        range: std::ops::Range<u64>,
+        client: u64,
+    ) {
+        let Some(p) = &self.prefetcher else {
+            return;
+        };
+        if !self.is_enabled() || !format::fits(key, etag) {
+            return;
+        }
+        let end = range.end.min(size);
+        let mut index = range.start / self.block_bytes;
+        while index * self.block_bytes < end {
+            let block_start = index * self.block_bytes;
+            let block_len = (size - block_start).min(self.block_bytes) as usize;
+            let id = block_id(key, etag, index);
+            let present = self.memory.contains(id)
+                || self.dir.lock().expect("cache index poisoned").contains(id)
+                || self
+                    .flights
+                    .lock()
+                    .expect("flights poisoned")
+                    .contains_key(&id);
+            if !present {
+                if !p.reserve(client, block_len as u64) {
+                    return;
+                }
+                let (me, store, key, etag) = (
+                    self.clone(),
+                    store.clone(),
+                    key.to_string(),
+                    etag.to_string(),
+                );
+                tokio::task::spawn_local(async move {
+                    let r = me
+                        .block(
+                            store.as_ref(),
+                            &key,
+                            &etag,
+                            index,
+                            block_len,
+                            0,
+                            0,
+                            Purpose::Prefetch,
+                        )
+                        .await;
+                    if let Some(p) = &me.prefetcher {
+                        p.release(client, block_len as u64);
+                    }
+                    if let Err(e) = r {
+                        tracing::debug!(%key, block = index, error = %e, "prefetch failed");
+                    }
+                });
+            }
+            index += 1;
+        }
+    }
+
+    /// Fetch every block of a small object that is neither cached nor in
+    /// flight with one GET, each block then published like a miss.
+    async fn fetch_whole(
+        self: &Arc<Self>,
+        store: &dyn ObjectStore,
+        key: &str,
+        etag: &str,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        if !self.is_enabled() || !format::fits(key, etag) {
+            return Ok(());
+        }
+        let blocks = size.div_ceil(self.block_bytes);
+        let mut leaders = Vec::new();
+        {
+            let mut flights = self.flights.lock().expect("flights poisoned");
+            for index in 0..blocks {
+                let id = block_id(key, etag, index);
+                if self.memory.contains(id) || flights.contains_key(&id) {
+                    continue;
+                }
+                if self.dir.lock().expect("cache index poisoned").contains(id) {
+                    continue;
+                }
+                let (tx, rx) = watch::channel(None);
+                flights.insert(id, rx);
+                leaders.push((index, id, tx));
+            }
+        }
+        let (Some(first), Some(last)) = (leaders.first().map(|l| l.0), leaders.last().map(|l| l.0))
+        else {
+            return Ok(());
+        };
+        let guards: Vec<FlightGuard> = leaders
+            .iter()
+            .map(|l| FlightGuard {
+                cache: self,
+                id: l.1,
+                armed: true,
+            })
+            .collect();
+        let span_start = first * self.block_bytes;
+        let span_end = ((last + 1) * self.block_bytes).min(size);
+        let mut span = vec![0u8; (span_end - span_start) as usize];
+        let t = Instant::now();
+        let got = store
+            .get_range(key, span_start, &mut span, Some(etag))
+            .await;
+        telemetry::record(Latency::StoreGet, t.elapsed());
+        telemetry::add(Counter::StoreGetRequests, 1);
+        let got = match got {
+            Ok(n) if n == span.len() => Ok(()),
+            Ok(_) => Err(StoreError::PreconditionFailed {
+                key: key.to_string(),
+            }),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = got {
+            let e = Arc::new(e);
+            for (_, _, tx) in &leaders {
+                let _ = tx.send(Some(Err(e.clone())));
+            }
+            drop(guards);
+            return Err(e.duplicate());
+        }
+        telemetry::add(Counter::StoreGetBytes, span.len() as u64);
+        telemetry::add(Counter::CacheFetchedBytes, span.len() as u64);
+        for ((index, id, tx), guard) in leaders.into_iter().zip(guards) {
+            let block_start = index * self.block_bytes;
+            let block_len = (size - block_start).min(self.block_bytes) as usize;
+            let hl = format::header_len(key, etag);
+            let mut buf = AlignedBuf::new(format::record_len(hl, block_len));
+            let from = (block_start - span_start) as usize;
+            buf.as_mut_slice()[hl..hl + block_len].copy_from_slice(&span[from..from + block_len]);
+            let fetched = Fetched {
+                buf,
+                header_len: hl,
+                data_len: block_len,
+            };
+            self.publish(id, index, key, etag, tx, guard, fetched, Purpose::Read)
+                .await;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn block(
+        self: &Arc<Self>,
+        store: &dyn ObjectStore,
+        key: &str,
+        etag: &str,
+        index: u64,
+        block_len: usize,
+        start: usize,
+        len: usize,
+        purpose: Purpose,
+    ) -> Result<Piece, StoreError> {
+        let cacheable = self.is_enabled() && format::fits(key, etag);
+        let id = block_id(key, etag, index);
+        let reading = matches!(purpose, Purpose::Read | Purpose::Exact);
+        if cacheable && reading {
+            if let Some(block) = self.memory.get(id) {
+                telemetry::add(Counter::CacheHits, 1);
+                telemetry::add(Counter::CacheMemoryHits, 1);
+                telemetry::add(Counter::CacheHitBytes, len as u64);
+                self.note_used(id);
+                return Ok(Piece::Shared { block, start, len });
+            }
+            let loc = self.dir.lock().expect("cache index poisoned").lookup(id);
+            if let Some(loc) = loc {
+                if let Some(piece) = self.read_hit(id, loc, key, etag, index, start, len).await {
+                    telemetry::add(Counter::CacheHits, 1);
+                    telemetry::add(Counter::CacheHitBytes, len as u64);
+                    self.note_used(id);
+                    return Ok(piece);
+                }
+            }
+        }
+        if reading {
+            telemetry::add(Counter::CacheMisses, 1);
+        }
+        loop {
+            let joined = {
+                let mut flights = self.flights.lock().expect("flights poisoned");
+                match flights.get(&id) {
+                    Some(rx) => Some((rx.clone(), None)),
+                    None if purpose == Purpose::Exact => None,
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        flights.insert(id, rx.clone());
+                        Some((rx, Some(tx)))
+                    }
+                }
+            };
+            let Some((mut rx, leader)) = joined else {
+                return self.fetch_exact(store, key, etag, index, start, len).await;
+            };
+            let Some(tx) = leader else {
+                telemetry::add(Counter::CacheSingleFlightJoins, 1);
+                let got = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
+                match got {
+                    Ok(Some(Ok(block))) => {
+                        if reading {
+                            self.note_used(id);
+                        }
+                        return Ok(Piece::Shared { block, start, len });
+                    }
+                    Ok(Some(Err(e))) => return Err(e.duplicate()),
+                    // The fetcher went away (its caller was cancelled).
+                    _ => continue,
+                }
+            };
+            let guard = FlightGuard {
+                cache: self,
+                id,
+                armed: true,
+            };
+            let fetched = match self.fetch(store, key, etag, index, block_len).await {
+                Ok(f) => f,
+                Err(e) => {
+                    let e = Arc::new(e);
+                    let _ = tx.send(Some(Err(e.clone())));
+                    drop(guard);
+                    return Err(e.duplicate());
+                }
+            };
+            if purpose == Purpose::Prefetch {
+                if let Some(p) = &self.prefetcher {
+                    p.fetched(id, block_len as u64);
+                }
+            }
+            let block = if cacheable {
+                self.publish(id, index, key, etag, tx, guard, fetched, purpose)
+                    .await
+            } else {
+                let block = Arc::new(fetched);
+                let _ = tx.send(Some(Ok(block.clone())));
+                drop(guard);
+                block
+            };
+            return Ok(Piece::Shared { block, start, len });
+        }
+    }
+
+    /// Count a read of a block that may have been prefetched.
+    fn note_used(&self, id: BlockId) {
+        if let Some(p) = &self.prefetcher {
+            p.used(id);
+        }
+    }
+
+    /// Place a freshly fetched block, hand it to everyone waiting on its
+    /// flight, keep it in memory and write it to the device (awaited when
+    /// warming, in the background otherwise; the flight ends with the
+    /// write).
+    #[allow(clippy::too_many_arguments)]
+    async fn publish(
+        self: &Arc<Self>,
+        id: BlockId,
+        index: u64,
+        key: &str,
+        etag: &str,
+        tx: watch::Sender<FlightResult>,
+        guard: FlightGuard<'_>,
+        mut fetched: Fetched,
+        purpose: Purpose,
+    ) -> Arc<Fetched> {
+        // Place the record before sharing the buffer: its header names the
+        // region fill it goes to.
+        let placement = self.place(id, &fetched, purpose == Purpose::Warm);
+        if let Some(loc) = placement {
+            let h = RecordHeader {
+                region_seq: loc.seq,
+                block_index: index,
+                data_len: fetched.data_len as u32,
+                data_crc: format::crc(fetched.data()),
+                key: key.to_string(),
+                etag: etag.to_string(),
+            };
+            h.encode(&self.cache_id, fetched.buf.as_mut_slice());
+        }
+        let block = Arc::new(fetched);
+        self.memory.insert(id, block.clone());
+        let _ = tx.send(Some(Ok(block.clone())));
+        match placement {
+            Some(loc) => {
+                guard.disarm();
+                if purpose == Purpose::Warm {
+                    self.write_record(id, loc, block.clone()).await;
+                } else {
+                    let me = self.clone();
+                    let record = block.clone();
+                    tokio::task::spawn_local(async move {
+                        me.write_record(id, loc, record).await;
+                    });
+                }
+            }
+            None => drop(guard),
+        }
+        block
+    }
+
+    /// Fetch exactly `len` bytes at `start` of block `index`, uncached.
+    async fn fetch_exact(
+        &self,
+        store: &dyn ObjectStore,
+        key: &str,
+        etag: &str,
+        index: u64,
+        start: usize,
+        len: usize,
+    ) -> Result<Piece, StoreError> {
+        let mut buf = AlignedBuf::new(len);
+        let t = Instant::now();
+        let n = store
+            .get_range(
+                key,
+                index * self.block_bytes + start as u64,
+                &mut buf.as_mut_slice()[..len],
+                Some(etag),
+            )
+            .await?;
+        telemetry::record(Latency::StoreGet, t.elapsed());
+        telemetry::add(Counter::StoreGetRequests, 1);
+        telemetry::add(Counter::StoreGetBytes, n as u64);
+        telemetry::add(Counter::CacheBypassReads, 1);
+        telemetry::add(Counter::CacheBypassBytes, n as u64);
+        if n != len {
+            return Err(StoreError::PreconditionFailed {
+                key: key.to_string(),
+            });
+        }
+        Ok(Piece::Shared {
+            block: Arc::new(Fetched {
+                buf,
+                header_len: 0,
+                data_len: len,
+            }),
+            start: 0,
+            len,
+        })
     }
 
     /// Make sure every block of an object is on the device (waits for the
@@ -528,122 +934,13 @@ impl BlockCache {
                 .lookup(id)
                 .is_some();
             if !cached && self.is_enabled() {
-                self.block(store, key, etag, index, block_len, 0, 0, true)
+                self.block(store, key, etag, index, block_len, 0, 0, Purpose::Warm)
                     .await?;
                 written += block_len as u64;
             }
             index += 1;
         }
         Ok(written)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn block(
-        self: &Arc<Self>,
-        store: &dyn ObjectStore,
-        key: &str,
-        etag: &str,
-        index: u64,
-        block_len: usize,
-        start: usize,
-        len: usize,
-        warming: bool,
-    ) -> Result<Piece, StoreError> {
-        let cacheable = self.is_enabled() && format::fits(key, etag);
-        let id = block_id(key, etag, index);
-        if cacheable && !warming {
-            if let Some(block) = self.memory.get(id) {
-                telemetry::add(Counter::CacheHits, 1);
-                telemetry::add(Counter::CacheMemoryHits, 1);
-                telemetry::add(Counter::CacheHitBytes, len as u64);
-                return Ok(Piece::Shared { block, start, len });
-            }
-            let loc = self.dir.lock().expect("cache index poisoned").lookup(id);
-            if let Some(loc) = loc {
-                if let Some(piece) = self.read_hit(id, loc, key, etag, index, start, len).await {
-                    telemetry::add(Counter::CacheHits, 1);
-                    telemetry::add(Counter::CacheHitBytes, len as u64);
-                    return Ok(piece);
-                }
-            }
-        }
-        telemetry::add(Counter::CacheMisses, 1);
-        loop {
-            let (mut rx, leader) = {
-                let mut flights = self.flights.lock().expect("flights poisoned");
-                match flights.get(&id) {
-                    Some(rx) => (rx.clone(), None),
-                    None => {
-                        let (tx, rx) = watch::channel(None);
-                        flights.insert(id, rx.clone());
-                        (rx, Some(tx))
-                    }
-                }
-            };
-            let Some(tx) = leader else {
-                telemetry::add(Counter::CacheSingleFlightJoins, 1);
-                let got = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
-                match got {
-                    Ok(Some(Ok(block))) => return Ok(Piece::Shared { block, start, len }),
-                    Ok(Some(Err(e))) => return Err(e.duplicate()),
-                    // The fetcher went away (its caller was cancelled).
-                    _ => continue,
-                }
-            };
-            let guard = FlightGuard {
-                cache: self,
-                id,
-                armed: true,
-            };
-            let mut fetched = match self.fetch(store, key, etag, index, block_len).await {
-                Ok(f) => f,
-                Err(e) => {
-                    let e = Arc::new(e);
-                    let _ = tx.send(Some(Err(e.clone())));
-                    drop(guard);
-                    return Err(e.duplicate());
-                }
-            };
-            // Place the record before sharing the buffer: its header names
-            // the region fill it goes to.
-            let placement = if cacheable {
-                self.place(id, &fetched, warming)
-            } else {
-                None
-            };
-            if let Some(loc) = placement {
-                let h = RecordHeader {
-                    region_seq: loc.seq,
-                    block_index: index,
-                    data_len: fetched.data_len as u32,
-                    data_crc: format::crc(fetched.data()),
-                    key: key.to_string(),
-                    etag: etag.to_string(),
-                };
-                h.encode(&self.cache_id, fetched.buf.as_mut_slice());
-            }
-            let block = Arc::new(fetched);
-            if cacheable {
-                self.memory.insert(id, block.clone());
-            }
-            let _ = tx.send(Some(Ok(block.clone())));
-            match placement {
-                Some(loc) => {
-                    guard.disarm();
-                    if warming {
-                        self.write_record(id, loc, block.clone()).await;
-                    } else {
-                        let me = self.clone();
-                        let record = block.clone();
-                        tokio::task::spawn_local(async move {
-                            me.write_record(id, loc, record).await;
-                        });
-                    }
-                }
-                None => drop(guard),
-            }
-            return Ok(Piece::Shared { block, start, len });
-        }
     }
 
     /// Fetch one block from the store into a record-shaped buffer.

@@ -309,6 +309,15 @@ async fn readlink(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> 
     Ok(())
 }
 
+/// A client for read-pattern tracking: its address (all its connections
+/// and ports are one client).
+fn client_id(ip: std::net::IpAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ip.hash(&mut h);
+    h.finish()
+}
+
 /// status + post_op_attr(present) + count + eof + data length.
 const READ_HEADER_BYTES: usize = 4 + 4 + FATTR3_BYTES + 4 + 4 + 4;
 
@@ -323,7 +332,8 @@ async fn read(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrR
             return Ok(());
         }
     };
-    if let Some(r) = ctx.call.vfs.read_cached(&node, offset, count).await {
+    let client = ctx.call.peer.map_or(0, |p| client_id(p.ip()));
+    if let Some(r) = ctx.call.vfs.read_cached(&node, offset, count, client).await {
         let mut e = Encoder::new(out);
         match r {
             Ok((pieces, n, eof, attr)) => {
