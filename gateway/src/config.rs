@@ -125,6 +125,7 @@ pub struct FileConfig {
     pub cache_block_size: Option<String>,
     pub cache_memory: Option<String>,
     pub prefetch: Option<String>,
+    pub prefetch_dir_sweep: Option<String>,
     pub prefetch_window_max: Option<String>,
     pub prefetch_budget: Option<String>,
     pub prefetch_client_budget: Option<String>,

@@ -154,6 +154,12 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     prefetch_client_budget: Option<String>,
 
+    /// When one client reads many files of a directory in a short while (a training epoch in
+    /// shuffled order), fetch the rest of the directory's small files in the background while
+    /// it keeps reading there [default: on; needs --prefetch on]
+    #[arg(long, value_name = "on|off")]
+    prefetch_dir_sweep: Option<String>,
+
     /// Objects up to this size are fetched whole, in one GET, on their first read
     /// [default: 4MiB]
     #[arg(long, value_name = "BYTES")]
@@ -301,6 +307,15 @@ fn resolve(args: ServeArgs) -> Result<Config> {
         None | Some("on") => {}
         Some("off") => prefetch.enabled = false,
         Some(other) => bail!("--prefetch takes on or off, not {other:?}"),
+    }
+    match args
+        .prefetch_dir_sweep
+        .or(file.prefetch_dir_sweep)
+        .as_deref()
+    {
+        None | Some("on") => {}
+        Some("off") => prefetch.sweep.enabled = false,
+        Some(other) => bail!("--prefetch-dir-sweep takes on or off, not {other:?}"),
     }
     if let Some(s) = args.prefetch_window_max.or(file.prefetch_window_max) {
         prefetch.tracker.window_max_bytes =

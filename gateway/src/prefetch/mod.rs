@@ -17,6 +17,7 @@
 //! counted as waste. Random readers get exactly the bytes they ask for
 //! (no block rounding), so they fetch no more than they read.
 
+pub mod sweep;
 pub mod tracker;
 
 use std::collections::{HashMap, VecDeque};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::block::index::BlockId;
 use crate::telemetry::{self, Counter, Gauge};
+pub use sweep::{SweepConfig, SweepSignal, SweepTracker};
 pub use tracker::{Advice, Pattern, ReadEvent, Tracker, TrackerConfig};
 
 /// Where read events go.
@@ -45,6 +47,7 @@ pub struct PrefetchConfig {
     pub small_object_bytes: u64,
     /// Prefetch GETs in flight at once.
     pub fetches_in_flight_max: usize,
+    pub sweep: SweepConfig,
 }
 
 impl Default for PrefetchConfig {
@@ -56,6 +59,7 @@ impl Default for PrefetchConfig {
             client_budget_bytes: 128 << 20,
             small_object_bytes: 4 << 20,
             fetches_in_flight_max: 32,
+            sweep: SweepConfig::default(),
         }
     }
 }
@@ -75,6 +79,7 @@ struct Outstanding {
 pub struct Prefetcher {
     config: PrefetchConfig,
     tracker: Mutex<Tracker>,
+    sweeps: Mutex<SweepTracker>,
     in_flight_bytes: AtomicU64,
     in_flight_fetches: AtomicUsize,
     per_client: Mutex<HashMap<u64, u64>>,
@@ -86,6 +91,7 @@ impl Prefetcher {
         Prefetcher {
             config,
             tracker: Mutex::new(Tracker::new(config.tracker)),
+            sweeps: Mutex::new(SweepTracker::new(config.sweep)),
             in_flight_bytes: AtomicU64::new(0),
             in_flight_fetches: AtomicUsize::new(0),
             per_client: Mutex::new(HashMap::new()),
@@ -100,6 +106,12 @@ impl Prefetcher {
     /// Take `bytes` of budget and one fetch slot for `client`; false when
     /// a bound would be passed. Give it back with [`Prefetcher::release`].
     pub fn reserve(&self, client: u64, bytes: u64) -> bool {
+        self.reserve_counted(client, bytes, true)
+    }
+
+    /// As [`Prefetcher::reserve`]; `count_skip` false for callers that
+    /// wait and retry.
+    pub fn reserve_counted(&self, client: u64, bytes: u64, count_skip: bool) -> bool {
         let mut pc = self.per_client.lock().expect("prefetch budget poisoned");
         let mine = pc.get(&client).copied().unwrap_or(0);
         let all = self.in_flight_bytes.load(Ordering::Relaxed);
@@ -108,7 +120,9 @@ impl Prefetcher {
             || all + bytes > self.config.budget_bytes
             || fetches >= self.config.fetches_in_flight_max
         {
-            telemetry::add(Counter::PrefetchBudgetSkips, 1);
+            if count_skip {
+                telemetry::add(Counter::PrefetchBudgetSkips, 1);
+            }
             return false;
         }
         *pc.entry(client).or_insert(0) += bytes;
@@ -130,6 +144,30 @@ impl Prefetcher {
         self.in_flight_fetches.fetch_sub(1, Ordering::Relaxed);
         let now = self.in_flight_bytes.fetch_sub(bytes, Ordering::Relaxed) - bytes;
         telemetry::set_gauge(Gauge::PrefetchInFlightBytes, now);
+    }
+
+    /// A client read a file of a directory; `Start` when a sweep of the
+    /// directory should begin.
+    pub fn sweep_read(&self, client: u64, dir: u64, file: u64) -> SweepSignal {
+        self.sweeps
+            .lock()
+            .expect("sweep tracker poisoned")
+            .read(client, dir, file, Instant::now())
+    }
+
+    /// Whether a running sweep should go on.
+    pub fn sweep_keep_going(&self, client: u64, dir: u64) -> bool {
+        self.sweeps
+            .lock()
+            .expect("sweep tracker poisoned")
+            .keep_going(client, dir, Instant::now())
+    }
+
+    pub fn sweep_finished(&self, client: u64, dir: u64) {
+        self.sweeps
+            .lock()
+            .expect("sweep tracker poisoned")
+            .finished(client, dir, Instant::now());
     }
 
     /// A block was fetched ahead of its reader.

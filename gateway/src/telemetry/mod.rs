@@ -79,6 +79,8 @@ pub enum Counter {
     PrefetchWindowCollapses,
     CacheBypassReads,
     CacheBypassBytes,
+    PrefetchDirSweeps,
+    PrefetchSweepFiles,
 }
 
 /// Number of [`Counter`] variants.
@@ -86,7 +88,7 @@ pub const COUNTER_COUNT: usize = Counter::ALL.len();
 
 impl Counter {
     /// Every counter, in export order.
-    pub const ALL: [Counter; 31] = [
+    pub const ALL: [Counter; 33] = [
         Counter::CacheHits,
         Counter::CacheMisses,
         Counter::CacheHitBytes,
@@ -118,6 +120,8 @@ impl Counter {
         Counter::PrefetchWindowCollapses,
         Counter::CacheBypassReads,
         Counter::CacheBypassBytes,
+        Counter::PrefetchDirSweeps,
+        Counter::PrefetchSweepFiles,
     ];
 
     /// Prometheus name without the `tidegate_` prefix.
@@ -154,6 +158,8 @@ impl Counter {
             Counter::PrefetchWindowCollapses => "prefetch_window_collapses_total",
             Counter::CacheBypassReads => "cache_bypass_reads_total",
             Counter::CacheBypassBytes => "cache_bypass_bytes_total",
+            Counter::PrefetchDirSweeps => "prefetch_dir_sweeps_total",
+            Counter::PrefetchSweepFiles => "prefetch_sweep_files_total",
         }
     }
 
@@ -201,6 +207,10 @@ impl Counter {
                 "Random reads fetched exactly, without a whole block or caching."
             }
             Counter::CacheBypassBytes => "Bytes fetched by random reads without caching.",
+            Counter::PrefetchDirSweeps => {
+                "Directory sweeps started (many files of one directory read by one client)."
+            }
+            Counter::PrefetchSweepFiles => "Files fetched ahead by directory sweeps.",
         }
     }
 

@@ -17,6 +17,9 @@ pub mod listing;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use crate::prefetch::SweepSignal;
+use crate::telemetry::{self, Counter};
+
 pub use error::{FsError, FsResult};
 pub use handles::{HandleTable, Node, NodeKind};
 pub use listing::{DirEntry, Found, ListingState};
@@ -361,6 +364,9 @@ impl Vfs {
                 .await
             {
                 Ok(pieces) => {
+                    if offset == 0 {
+                        self.maybe_sweep(cache, client, node);
+                    }
                     let eof = offset + want as u64 >= attr.size;
                     return Some(Ok((pieces, want, eof, attr)));
                 }
@@ -381,6 +387,37 @@ impl Vfs {
             }
         }
         Some(Err(FsError::Stale))
+    }
+
+    /// Count a first read of a file for its directory; when one client has
+    /// read many of the directory's files in a short while, fetch the rest
+    /// of its small files in the background (a training epoch in shuffled
+    /// order). Needs the directory's listing in the metadata cache.
+    fn maybe_sweep(&self, cache: &Arc<BlockCache>, client: u64, node: &Node) {
+        let Some(p) = cache.prefetcher() else {
+            return;
+        };
+        let Some(dir_id) = self.handles.cached_id(node.parent_key()) else {
+            return;
+        };
+        if p.sweep_read(client, dir_id, node.id) != SweepSignal::Start {
+            return;
+        }
+        let Some(listing) = self.meta.listing(dir_id) else {
+            p.sweep_finished(client, dir_id);
+            return;
+        };
+        telemetry::add(Counter::PrefetchDirSweeps, 1);
+        tracing::debug!(dir = node.parent_key(), client, "directory sweep starts");
+        let sweep = Sweep {
+            cache: cache.clone(),
+            store: self.store.clone(),
+            listing,
+            dir_key: Arc::from(node.parent_key()),
+            dir_id,
+            client,
+        };
+        tokio::task::spawn_local(sweep.run());
     }
 
     /// The cached listing of `dir`, or a new, empty one.
@@ -526,6 +563,81 @@ impl Vfs {
             };
             self.fetch_page(dir, &listing, seen_len).await?;
         }
+    }
+}
+
+/// A background fetch of a directory's small files for one client.
+struct Sweep {
+    cache: Arc<BlockCache>,
+    store: Arc<dyn ObjectStore>,
+    listing: Arc<Listing>,
+    dir_key: Arc<str>,
+    dir_id: u64,
+    client: u64,
+}
+
+/// Entries a sweep looks at between yields to other tasks.
+const SWEEP_YIELD_ENTRIES: usize = 256;
+/// How long a sweep waits for prefetch budget before looking again.
+const SWEEP_BUDGET_WAIT: Duration = Duration::from_millis(5);
+
+impl Sweep {
+    async fn run(self) {
+        let Some(p) = self.cache.prefetcher() else {
+            return;
+        };
+        let small = p.config().small_object_bytes;
+        let mut i = 0;
+        'entries: loop {
+            // One entry at a time under the listing's lock: no copy of a
+            // huge directory.
+            let next = {
+                let st = self.listing.state();
+                if i >= st.visible {
+                    None
+                } else {
+                    let e = &st.entries[i];
+                    Some((e.kind(), e.suffix.clone(), e.size, e.etag.clone()))
+                }
+            };
+            let Some((kind, suffix, size, etag)) = next else {
+                break;
+            };
+            i += 1;
+            if i % SWEEP_YIELD_ENTRIES == 0 {
+                // Never hold the worker for a long run of cached entries.
+                tokio::task::yield_now().await;
+            }
+            let Some(etag) = etag else {
+                continue;
+            };
+            if kind != NodeKind::File || size == 0 || size > small {
+                continue;
+            }
+            let key = format!("{}{}", self.dir_key, suffix);
+            if self.cache.has_block(&key, &etag, 0) {
+                continue;
+            }
+            let bytes = size;
+            loop {
+                if !p.sweep_keep_going(self.client, self.dir_id) || !self.cache.is_enabled() {
+                    break 'entries;
+                }
+                if p.reserve_counted(self.client, bytes, false) {
+                    break;
+                }
+                tokio::time::sleep(SWEEP_BUDGET_WAIT).await;
+            }
+            telemetry::add(Counter::PrefetchSweepFiles, 1);
+            let (cache, store, client) = (self.cache.clone(), self.store.clone(), self.client);
+            tokio::task::spawn_local(async move {
+                cache.prefetch_object(&store, &key, &etag, size).await;
+                if let Some(p) = cache.prefetcher() {
+                    p.release(client, bytes);
+                }
+            });
+        }
+        p.sweep_finished(self.client, self.dir_id);
     }
 }
 

@@ -426,6 +426,67 @@ impl BlockCache {
         self.block_bytes
     }
 
+    pub fn prefetcher(&self) -> Option<&Prefetcher> {
+        self.prefetcher.as_ref()
+    }
+
+    /// Whether block `index` of this object version is cached or on its way.
+    pub fn has_block(&self, key: &str, etag: &str, index: u64) -> bool {
+        let id = block_id(key, etag, index);
+        self.memory.contains(id)
+            || self.dir.lock().expect("cache index poisoned").contains(id)
+            || self
+                .flights
+                .lock()
+                .expect("flights poisoned")
+                .contains_key(&id)
+    }
+
+    /// Fetch a small object ahead of its reader (a directory sweep): whole
+    /// when it is at most the small-object size, else its first block.
+    pub async fn prefetch_object(
+        self: &Arc<Self>,
+        store: &Arc<dyn ObjectStore>,
+        key: &str,
+        etag: &str,
+        size: u64,
+    ) {
+        if !self.is_enabled() || !format::fits(key, etag) {
+            return;
+        }
+        let small = self
+            .prefetcher
+            .as_ref()
+            .map_or(0, |p| p.config().small_object_bytes);
+        let r = if size > self.block_bytes && size <= small {
+            let r = self.fetch_whole(store.as_ref(), key, etag, size).await;
+            if let (Ok(()), Some(p)) = (&r, &self.prefetcher) {
+                for index in 0..size.div_ceil(self.block_bytes) {
+                    let block_len = (size - index * self.block_bytes).min(self.block_bytes);
+                    p.fetched(block_id(key, etag, index), block_len);
+                }
+            }
+            r
+        } else {
+            let block_len = size.min(self.block_bytes) as usize;
+            self.block(
+                store.as_ref(),
+                key,
+                etag,
+                0,
+                block_len,
+                0,
+                0,
+                Purpose::Prefetch,
+            )
+            .await
+            .map(|_| ())
+        };
+        if let Err(e) = r {
+            tracing::debug!(%key, error = %e, "sweep prefetch failed");
+        }
+    }
+
     pub fn capacity_bytes(&self) -> u64 {
         self.layout.capacity_bytes()
     }
