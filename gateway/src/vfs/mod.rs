@@ -215,7 +215,10 @@ impl Vfs {
                 (Found::Entry(e), _) | (Found::Absent, Found::Entry(e)) => {
                     let (id, attr) = (e.id, self.entry_attr(e));
                     drop(st);
-                    if attr.kind == NodeKind::Dir {
+                    // A listed file's attributes are complete when the
+                    // listing carried its ETag (S3 LIST does): no HEAD
+                    // needed until they expire.
+                    if attr.kind == NodeKind::Dir || attr.etag.is_some() {
                         self.meta.put_attr(attr.clone());
                     }
                     return Ok((self.node(id)?, attr));
