@@ -183,6 +183,35 @@ impl Directory {
         }
     }
 
+    /// Whether `reserve` would place a record for `id` now (nothing is
+    /// reserved or counted).
+    pub fn would_admit(&self, id: BlockId, record_len: u64) -> bool {
+        if record_len > self.layout.region_bytes {
+            return false;
+        }
+        if let Some(r) = self.open {
+            if self.regions[r as usize].used_bytes + record_len <= self.layout.region_bytes {
+                return true;
+            }
+        }
+        if !self.free.is_empty() {
+            return true;
+        }
+        let Some(&victim) = self
+            .sealed
+            .iter()
+            .find(|&&r| self.regions[r as usize].pending_writes == 0)
+        else {
+            return false;
+        };
+        let victim_freq = self.regions[victim as usize]
+            .entries
+            .iter()
+            .find(|e| self.map.get(e).is_some_and(|l| l.region == victim))
+            .map_or(0, |&e| self.sketch.estimate(e));
+        self.sketch.estimate(id) > victim_freq
+    }
+
     /// Room for a record of `record_len` bytes for block `id`, reclaiming
     /// the oldest region if the policy admits the block.
     pub fn reserve(&mut self, id: BlockId, record_len: u64) -> (Admission, Evicted) {

@@ -430,6 +430,20 @@ impl BlockCache {
         self.prefetcher.as_ref()
     }
 
+    /// Whether a prefetched block would be kept: by the memory tier, or by
+    /// the device when the admission policy would take it now. Fetching a
+    /// block that would be dropped again only wastes S3 bandwidth.
+    fn worth_prefetching(&self, id: BlockId, block_len: usize) -> bool {
+        if self.memory.is_enabled() {
+            return true;
+        }
+        let record_len = format::record_len(format::HEADER_BYTES_MAX, block_len) as u64;
+        self.dir
+            .lock()
+            .expect("cache index poisoned")
+            .would_admit(id, record_len)
+    }
+
     /// Whether block `index` of this object version is cached or on its way.
     pub fn has_block(&self, key: &str, etag: &str, index: u64) -> bool {
         let id = block_id(key, etag, index);
@@ -452,6 +466,9 @@ impl BlockCache {
         size: u64,
     ) {
         if !self.is_enabled() || !format::fits(key, etag) {
+            return;
+        }
+        if !self.worth_prefetching(block_id(key, etag, 0), size.min(self.block_bytes) as usize) {
             return;
         }
         let small = self
@@ -656,7 +673,7 @@ impl BlockCache {
                     .lock()
                     .expect("flights poisoned")
                     .contains_key(&id);
-            if !present {
+            if !present && self.worth_prefetching(id, block_len) {
                 if !p.reserve(client, block_len as u64) {
                     return;
                 }
