@@ -103,6 +103,23 @@ pub struct Measured {
     pub lo_bytes: u64,
 }
 
+impl Measured {
+    /// The numbers as members of a results JSON object.
+    pub fn json_members(&self) -> [(&'static str, Value); 8] {
+        let s = &self.stats;
+        [
+            ("mib_per_s", Value::from(s.mib_per_s())),
+            ("iops", Value::from(s.iops)),
+            ("clat_us_mean", Value::from(s.clat_us_mean)),
+            ("clat_us_p50", Value::from(s.clat_us_p50)),
+            ("clat_us_p99", Value::from(s.clat_us_p99)),
+            ("io_bytes", Value::from(s.io_bytes)),
+            ("runtime_ms", Value::from(s.runtime_ms)),
+            ("lo_bytes", Value::from(self.lo_bytes)),
+        ]
+    }
+}
+
 /// Runs fio (`cmd`, already holding the job) with JSON output to `out`,
 /// and checks its exit status, its per-job error, and that the bytes on
 /// `lo` cover the bytes it read. Returns the first job's numbers and fio's
@@ -231,25 +248,57 @@ pub fn read_once(
     out: &Path,
     timeout: Duration,
 ) -> Result<(Measured, String)> {
-    let name = out
-        .file_stem()
-        .map_or("read".into(), |s| s.to_string_lossy());
-    let mut cmd = sb.command(fio);
-    cmd.arg(format!("--name={name}"))
-        .arg("--ioengine=nfs")
-        .arg(format!("--nfs_url={url}"))
-        .arg(format!("--filename={file_name}"))
-        .arg(format!("--size={size_bytes}"))
-        .args(["--rw=read", "--bs=1M", "--iodepth=16"])
-        .arg("--percentile_list=50:99:99.9");
-    let (m, version) = run(sb, cmd, out, timeout)?;
-    if m.stats.io_bytes != size_bytes {
-        bail!(
-            "read {} bytes of {file_name}, expected {size_bytes}",
-            m.stats.io_bytes
-        );
+    let read = SeqRead {
+        fio,
+        url,
+        file_name,
+        size_bytes,
+        iodepth: 16,
+    };
+    read.run(sb, out, timeout)
+}
+
+/// One sequential pass over a whole file in 1 MiB requests, `iodepth` of
+/// them in flight on one connection (not time-based).
+#[derive(Debug, Clone, Copy)]
+pub struct SeqRead<'a> {
+    /// fio built with the nfs engine.
+    pub fio: &'a Path,
+    /// libnfs URL of the export root.
+    pub url: &'a str,
+    pub file_name: &'a str,
+    pub size_bytes: u64,
+    pub iodepth: u32,
+}
+
+impl SeqRead<'_> {
+    /// Runs the pass with JSON output to `out`; fails unless every byte
+    /// was read. The job is named after `out`'s file stem. Returns fio's
+    /// numbers and its version.
+    pub fn run(&self, sb: &Sandbox, out: &Path, timeout: Duration) -> Result<(Measured, String)> {
+        let name = out
+            .file_stem()
+            .map_or("read".into(), |s| s.to_string_lossy());
+        let mut cmd = sb.command(self.fio);
+        cmd.arg(format!("--name={name}"))
+            .arg("--ioengine=nfs")
+            .arg(format!("--nfs_url={}", self.url))
+            .arg(format!("--filename={}", self.file_name))
+            .arg(format!("--size={}", self.size_bytes))
+            .args(["--rw=read", "--bs=1M"])
+            .arg(format!("--iodepth={}", self.iodepth))
+            .arg("--percentile_list=50:99:99.9");
+        let (m, version) = run(sb, cmd, out, timeout)?;
+        if m.stats.io_bytes != self.size_bytes {
+            bail!(
+                "read {} bytes of {}, expected {}",
+                m.stats.io_bytes,
+                self.file_name,
+                self.size_bytes
+            );
+        }
+        Ok((m, version))
     }
-    Ok((m, version))
 }
 
 #[cfg(test)]

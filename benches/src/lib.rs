@@ -19,8 +19,10 @@
 //!
 //! The harness also measures reads through S3: SeaweedFS ([`seaweed`])
 //! runs in the same namespace, and tidegate and `rclone serve nfs` serve the
-//! same bucket ([`servers`]); and, with `--listing`, the scale of one huge
-//! directory listing ([`listing`]).
+//! same bucket ([`servers`]); the same servers, and tidegate without
+//! prefetch, read it cold through a proxy that delays every S3 answer
+//! ([`latency`]); and, with `--listing`, the scale of one huge directory
+//! listing ([`listing`]).
 //!
 //! This library holds the parts that are worth unit-testing on their own:
 //! a small JSON reader/writer ([`json`]), fio result extraction ([`fio`]),
@@ -31,6 +33,7 @@ pub mod clock;
 pub mod fio;
 pub mod ganesha;
 pub mod json;
+pub mod latency;
 pub mod listing;
 pub mod nfs3;
 pub mod s3;

@@ -43,6 +43,7 @@ use crate::tree::{self, StatWalk, TreeShape};
 pub const BUCKET: &str = "bench";
 const TIDEGATE_PORT: u16 = 20491;
 const RCLONE_PORT: u16 = 20492;
+const TIDEGATE_NO_PREFETCH_PORT: u16 = 20495;
 /// Upper bound of one read pass.
 const READ_TIMEOUT: Duration = Duration::from_secs(600);
 /// Connections used to upload the tree.
@@ -51,6 +52,8 @@ const UPLOAD_THREADS: usize = 16;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum S3Server {
     Tidegate,
+    /// tidegate with `--prefetch off` (the cold-read-with-latency section).
+    TidegateNoPrefetch,
     Rclone,
 }
 
@@ -58,13 +61,15 @@ impl S3Server {
     pub fn name(self) -> &'static str {
         match self {
             S3Server::Tidegate => "tidegate",
+            S3Server::TidegateNoPrefetch => "tidegate-no-prefetch",
             S3Server::Rclone => "rclone",
         }
     }
 
-    fn service(self) -> &'static str {
+    pub(crate) fn service(self) -> &'static str {
         match self {
             S3Server::Tidegate => "tidegate-s3",
+            S3Server::TidegateNoPrefetch => "tidegate-s3-no-prefetch",
             S3Server::Rclone => "rclone-nfs",
         }
     }
@@ -72,6 +77,7 @@ impl S3Server {
     pub fn port(self) -> u16 {
         match self {
             S3Server::Tidegate => TIDEGATE_PORT,
+            S3Server::TidegateNoPrefetch => TIDEGATE_NO_PREFETCH_PORT,
             S3Server::Rclone => RCLONE_PORT,
         }
     }
@@ -150,27 +156,32 @@ fn delta(a: &[(String, u64)], b: &[(String, u64)], kind: Option<&str>) -> u64 {
 }
 
 /// Starts `server` afresh (new state or cache directory) and waits until
-/// it serves `probe`.
-fn start_fresh(
+/// it serves `probe`. `tidegate_args` go to tidegate only.
+pub(crate) fn start_fresh(
     sb: &mut Sandbox,
     o: &S3BenchOptions<'_>,
     sw: &Seaweed,
     server: S3Server,
     round: &str,
     probe: &str,
+    tidegate_args: &[String],
 ) -> Result<()> {
     let _ = sb.stop_service(server.service());
     let log = o.run_dir.join(format!("{}-{round}.log", server.service()));
     match server {
-        S3Server::Tidegate => {
+        S3Server::Tidegate | S3Server::TidegateNoPrefetch => {
             let state = o.run_dir.join("tidegate-s3-state");
+            let mut extra_args = tidegate_args.to_vec();
+            if server == S3Server::TidegateNoPrefetch {
+                extra_args.extend(["--prefetch".to_owned(), "off".to_owned()]);
+            }
             let t = TidegateS3 {
                 bin: o.tidegate_bin,
                 bucket: BUCKET,
                 port: server.port(),
                 state_dir: &state,
                 workers: o.workers,
-                extra_args: &[],
+                extra_args: &extra_args,
                 wrapper: &[],
                 env: &[],
             };
@@ -238,22 +249,25 @@ fn walk_pass(sb: &mut Sandbox, o: &S3BenchOptions<'_>, server: S3Server) -> Resu
     })
 }
 
-fn stringify<T>(r: Result<T>) -> Result<T, String> {
+pub(crate) fn stringify<T>(r: Result<T>) -> Result<T, String> {
     r.map_err(|e| format!("{e:#}"))
 }
 
-/// Runs the S3 section; the sandbox is shared with the rest of the run.
-pub fn run(sb: &mut Sandbox, o: &S3BenchOptions<'_>) -> Result<(S3Setup, Vec<S3Cell>)> {
+/// Starts SeaweedFS with its data in `store_dir` and uploads the test
+/// file into [`BUCKET`]; returns the store and the upload's seconds.
+pub(crate) fn start_store(
+    sb: &mut Sandbox,
+    o: &S3BenchOptions<'_>,
+    store_dir: &Path,
+) -> Result<(Seaweed, f64)> {
     let weed = seaweed::weed_bin()?;
-    let store_dir = o.run_dir.join("seaweedfs");
     let t = Instant::now();
-    let sw = Seaweed::start(sb, &weed, &store_dir, BUCKET)?;
+    let sw = Seaweed::start(sb, &weed, store_dir, BUCKET)?;
     println!(
         "SeaweedFS ready in {:.1}s (S3 on 127.0.0.1:{} in the namespace)",
         t.elapsed().as_secs_f64(),
         seaweed::S3_PORT
     );
-
     let target = sw.target.clone();
     let (data_file, file_name) = (o.data_file, o.file_name);
     let t = Instant::now();
@@ -267,20 +281,21 @@ pub fn run(sb: &mut Sandbox, o: &S3BenchOptions<'_>) -> Result<(S3Setup, Vec<S3C
         "uploaded {file_name} ({} MiB) in {upload_file_secs:.1}s",
         o.size_bytes >> 20
     );
-    let shape = o.tree;
-    let t = Instant::now();
-    sb.in_netns(|| tree::upload(&target, BUCKET, shape, UPLOAD_THREADS))
-        .context("uploading the tree")?;
-    let upload_tree_secs = t.elapsed().as_secs_f64();
-    println!(
-        "uploaded {}/ ({} files of {} bytes in {} directories) in {upload_tree_secs:.1}s",
-        tree::TREE_ROOT,
-        shape.files(),
-        shape.file_bytes,
-        shape.dirs
-    );
-    let rclone_version = o
-        .rclone_bin
+    Ok((sw, upload_file_secs))
+}
+
+/// Stops SeaweedFS and removes its data (the store's copy of the test
+/// file is not worth keeping) and the servers' state and cache folders.
+pub(crate) fn stop_store(sb: &mut Sandbox, o: &S3BenchOptions<'_>, store_dir: &Path) {
+    let _ = sb.stop_service(seaweed::SERVICE);
+    let _ = std::fs::remove_dir_all(store_dir.join("data"));
+    let _ = std::fs::remove_dir_all(o.run_dir.join("rclone-cache"));
+    let _ = std::fs::remove_dir_all(o.run_dir.join("tidegate-s3-state"));
+}
+
+/// The first line of `rclone version`; empty when it cannot be run.
+pub(crate) fn rclone_version(o: &S3BenchOptions<'_>) -> String {
+    o.rclone_bin
         .as_deref()
         .and_then(|b| {
             std::process::Command::new(b)
@@ -295,7 +310,27 @@ pub fn run(sb: &mut Sandbox, o: &S3BenchOptions<'_>) -> Result<(S3Setup, Vec<S3C
                         .to_owned()
                 })
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Runs the S3 section; the sandbox is shared with the rest of the run.
+pub fn run(sb: &mut Sandbox, o: &S3BenchOptions<'_>) -> Result<(S3Setup, Vec<S3Cell>)> {
+    let store_dir = o.run_dir.join("seaweedfs");
+    let (sw, upload_file_secs) = start_store(sb, o, &store_dir)?;
+    let target = sw.target.clone();
+    let shape = o.tree;
+    let t = Instant::now();
+    sb.in_netns(|| tree::upload(&target, BUCKET, shape, UPLOAD_THREADS))
+        .context("uploading the tree")?;
+    let upload_tree_secs = t.elapsed().as_secs_f64();
+    println!(
+        "uploaded {}/ ({} files of {} bytes in {} directories) in {upload_tree_secs:.1}s",
+        tree::TREE_ROOT,
+        shape.files(),
+        shape.file_bytes,
+        shape.dirs
+    );
+    let rclone_version = rclone_version(o);
 
     let mut cells = Vec::new();
     for round in 1..=o.rounds.max(1) {
@@ -311,11 +346,7 @@ pub fn run(sb: &mut Sandbox, o: &S3BenchOptions<'_>) -> Result<(S3Setup, Vec<S3C
             cells.push(run_server(sb, o, &sw, server, round)?);
         }
     }
-    let _ = sb.stop_service(seaweed::SERVICE);
-    // The store's copy of the test file is not worth keeping.
-    let _ = std::fs::remove_dir_all(store_dir.join("data"));
-    let _ = std::fs::remove_dir_all(o.run_dir.join("rclone-cache"));
-    let _ = std::fs::remove_dir_all(o.run_dir.join("tidegate-s3-state"));
+    stop_store(sb, o, &store_dir);
     Ok((
         S3Setup {
             upload_file_secs,
@@ -345,7 +376,7 @@ fn run_server(
         cold_walk: Err("not run".into()),
         warm_walk: Err("not run".into()),
     };
-    match start_fresh(sb, o, sw, server, &format!("read-{round}"), file_name) {
+    match start_fresh(sb, o, sw, server, &format!("read-{round}"), file_name, &[]) {
         Ok(()) => {
             print!(
                 "{}: cold sequential read of {file_name} ... ",
@@ -369,7 +400,15 @@ fn run_server(
         }
     }
     sandbox::check_interrupted()?;
-    match start_fresh(sb, o, sw, server, &format!("walk-{round}"), tree::TREE_ROOT) {
+    match start_fresh(
+        sb,
+        o,
+        sw,
+        server,
+        &format!("walk-{round}"),
+        tree::TREE_ROOT,
+        &[],
+    ) {
         Ok(()) => {
             print!(
                 "{}: cold stat walk of {} files ... ",
@@ -397,7 +436,7 @@ fn run_server(
     Ok(cell)
 }
 
-fn flush() {
+pub(crate) fn flush() {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 }

@@ -173,6 +173,18 @@ exec "$@"
         }
     }
 
+    /// This store as reached through a proxy listening on `addr` (same
+    /// keys and region), for the servers to be pointed at.
+    pub fn via(&self, addr: SocketAddr) -> Seaweed {
+        Seaweed {
+            target: S3Target {
+                addr,
+                ..self.target.clone()
+            },
+            log: self.log.clone(),
+        }
+    }
+
     /// The key of the readiness probe object (a listing of the bucket
     /// root shows it).
     pub fn probe_key() -> &'static str {

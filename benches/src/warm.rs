@@ -672,16 +672,9 @@ pub fn to_json(o: &WarmOptions<'_>, setup: &WarmSetup, cells: &[WarmCell]) -> Va
             ];
             match &c.outcome {
                 Ok(r) => {
+                    members.push(("ok", Value::Bool(true)));
+                    members.extend(r.m.json_members());
                     members.extend([
-                        ("ok", Value::Bool(true)),
-                        ("mib_per_s", Value::from(r.m.stats.mib_per_s())),
-                        ("iops", Value::from(r.m.stats.iops)),
-                        ("clat_us_mean", Value::from(r.m.stats.clat_us_mean)),
-                        ("clat_us_p50", Value::from(r.m.stats.clat_us_p50)),
-                        ("clat_us_p99", Value::from(r.m.stats.clat_us_p99)),
-                        ("io_bytes", Value::from(r.m.stats.io_bytes)),
-                        ("runtime_ms", Value::from(r.m.stats.runtime_ms)),
-                        ("lo_bytes", Value::from(r.m.lo_bytes)),
                         ("cpu_secs", Value::from(r.cpu_secs)),
                         ("cpu_window_secs", Value::from(r.window_secs)),
                         ("cpu_secs_per_gib", Value::from(r.cpu_secs_per_gib())),

@@ -497,6 +497,25 @@ impl Rig {
         (c, root)
     }
 
+    /// As [`Rig::connect`], from the local address `local` (e.g.
+    /// 127.0.0.2): to the gateway, another client than 127.0.0.1.
+    pub fn connect_from(&self, local: std::net::Ipv4Addr) -> (NfsClient, Vec<u8>) {
+        let s = self.server_ref();
+        let addr = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, s.addr().port());
+        let mut c = NfsClient::connect_from(local, addr).unwrap_or_else(|e| {
+            panic!("connect from {local}: {e:#}\nstderr:\n{}", s.stderr_text())
+        });
+        let root = c
+            .mount_root()
+            .unwrap_or_else(|e| panic!("MNT / from {local}: {e:#}\nstderr:\n{}", s.stderr_text()));
+        (c, root)
+    }
+
+    /// The gateway's process id.
+    pub fn server_pid(&self) -> u32 {
+        self.server_ref().pid()
+    }
+
     /// Reads every object through the gateway on one connection, in
     /// order, with READs of `chunk` bytes, and checks every byte; panics
     /// (saying which object, where it first differs, and the gateway's

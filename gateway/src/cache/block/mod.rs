@@ -173,6 +173,24 @@ enum Purpose {
     Prefetch,
 }
 
+/// Blocks fetched with one GET by a prefetch.
+const PREFETCH_SPAN_BLOCKS: u64 = 8;
+/// Within this distance ahead of a reader, prefetch fetches one block per
+/// GET.
+const PREFETCH_NEAR_BYTES: u64 = 16 << 20;
+/// Prefetch spans waiting for budget.
+const PREFETCH_JOBS_MAX: usize = 4096;
+
+/// A span of blocks to fetch ahead of a reader.
+struct PrefetchJob {
+    store: Arc<dyn ObjectStore>,
+    key: Arc<str>,
+    etag: Arc<str>,
+    size: u64,
+    blocks: std::ops::Range<u64>,
+    client: u64,
+}
+
 pub struct BlockCache {
     file: File,
     path: PathBuf,
@@ -184,6 +202,7 @@ pub struct BlockCache {
     dir: Mutex<Directory>,
     memory: MemoryTier,
     prefetcher: Option<Prefetcher>,
+    prefetch_jobs: Mutex<std::collections::VecDeque<PrefetchJob>>,
     flights: Mutex<HashMap<BlockId, watch::Receiver<FlightResult>>>,
     enabled: AtomicBool,
     logged: Logged,
@@ -411,6 +430,7 @@ impl BlockCache {
             dir: Mutex::new(dir),
             memory: MemoryTier::new(config.memory_bytes),
             prefetcher: config.prefetch.filter(|p| p.enabled).map(Prefetcher::new),
+            prefetch_jobs: Mutex::new(std::collections::VecDeque::new()),
             flights: Mutex::new(HashMap::new()),
             enabled: AtomicBool::new(true),
             logged: Logged::default(),
@@ -446,7 +466,10 @@ impl BlockCache {
 
     /// Whether block `index` of this object version is cached or on its way.
     pub fn has_block(&self, key: &str, etag: &str, index: u64) -> bool {
-        let id = block_id(key, etag, index);
+        self.has_block_id(block_id(key, etag, index))
+    }
+
+    fn has_block_id(&self, id: BlockId) -> bool {
         self.memory.contains(id)
             || self.dir.lock().expect("cache index poisoned").contains(id)
             || self
@@ -614,7 +637,7 @@ impl BlockCache {
                 }
             }
             for r in advice.ahead {
-                self.prefetch_range(store, key, etag, size, r, client);
+                self.prefetch_range(store, key, etag, size, r, end, client);
             }
         }
         let mut pieces = Vec::with_capacity(2);
@@ -643,8 +666,10 @@ impl BlockCache {
         Ok(pieces)
     }
 
-    /// Start fetching the blocks of `range` that are neither cached nor in
-    /// flight, as far as the prefetch budget allows.
+    /// Queue the blocks of `range` that are neither cached nor in flight,
+    /// in spans of contiguous blocks fetched with one GET each, and start as
+    /// many as the prefetch budget allows.
+    #[allow(clippy::too_many_arguments)]
     fn prefetch_range(
         self: &Arc<Self>,
         store: &Arc<dyn ObjectStore>,
@@ -652,59 +677,120 @@ impl BlockCache {
         etag: &str,
         size: u64,
         range: std::ops::Range<u64>,
+        frontier: u64,
         client: u64,
     ) {
-        let Some(p) = &self.prefetcher else {
-            return;
-        };
-        if !self.is_enabled() || !format::fits(key, etag) {
+        if self.prefetcher.is_none() || !self.is_enabled() || !format::fits(key, etag) {
             return;
         }
         let end = range.end.min(size);
         let mut index = range.start / self.block_bytes;
+        // Close to the reader, blocks go one per GET: its own READs may
+        // arrive any moment and should not wait for a whole span. Further
+        // ahead, contiguous blocks share a GET.
+        let near_end = frontier + PREFETCH_NEAR_BYTES;
+        let (key, etag): (Arc<str>, Arc<str>) = (Arc::from(key), Arc::from(etag));
+        let mut span: Option<std::ops::Range<u64>> = None;
+        let mut jobs = Vec::new();
         while index * self.block_bytes < end {
-            let block_start = index * self.block_bytes;
-            let block_len = (size - block_start).min(self.block_bytes) as usize;
-            let id = block_id(key, etag, index);
-            let present = self.memory.contains(id)
-                || self.dir.lock().expect("cache index poisoned").contains(id)
-                || self
-                    .flights
-                    .lock()
-                    .expect("flights poisoned")
-                    .contains_key(&id);
-            if !present && self.worth_prefetching(id, block_len) {
-                if !p.reserve(client, block_len as u64) {
-                    return;
+            let block_len = (size - index * self.block_bytes).min(self.block_bytes) as usize;
+            let id = block_id(&key, &etag, index);
+            let wanted = !self.has_block_id(id) && self.worth_prefetching(id, block_len);
+            span = match (span, wanted) {
+                (Some(s), true)
+                    if s.end == index
+                        && s.end - s.start < PREFETCH_SPAN_BLOCKS
+                        && index * self.block_bytes >= near_end =>
+                {
+                    Some(s.start..index + 1)
                 }
-                let (me, store, key, etag) = (
-                    self.clone(),
-                    store.clone(),
-                    key.to_string(),
-                    etag.to_string(),
-                );
-                tokio::task::spawn_local(async move {
-                    let r = me
-                        .block(
-                            store.as_ref(),
-                            &key,
-                            &etag,
-                            index,
-                            block_len,
-                            0,
-                            0,
-                            Purpose::Prefetch,
-                        )
-                        .await;
-                    if let Some(p) = &me.prefetcher {
-                        p.release(client, block_len as u64);
-                    }
-                    if let Err(e) = r {
-                        tracing::debug!(%key, block = index, error = %e, "prefetch failed");
-                    }
+                (s, true) => {
+                    jobs.extend(s);
+                    Some(index..index + 1)
+                }
+                (s, false) => {
+                    jobs.extend(s);
+                    None
+                }
+            };
+            index += 1;
+        }
+        jobs.extend(span);
+        if jobs.is_empty() {
+            return;
+        }
+        {
+            let mut q = self.prefetch_jobs.lock().expect("prefetch queue poisoned");
+            for blocks in jobs {
+                if q.len() >= PREFETCH_JOBS_MAX {
+                    telemetry::add(Counter::PrefetchBudgetSkips, 1);
+                    break;
+                }
+                q.push_back(PrefetchJob {
+                    store: store.clone(),
+                    key: key.clone(),
+                    etag: etag.clone(),
+                    size,
+                    blocks,
+                    client,
                 });
             }
-            index += 1;
+        }
+        self.pump_prefetch();
+    }
+
+    /// Start queued prefetch spans while the budget allows; each finished
+    /// span pumps again.
+    fn pump_prefetch(self: &Arc<Self>) {
+        let Some(p) = &self.prefetcher else {
+            return;
+        };
+        loop {
+            let job = {
+                let mut q = self.prefetch_jobs.lock().expect("prefetch queue poisoned");
+                let Some(job) = q.front() else {
+                    return;
+                };
+                let bytes = self.span_bytes(job);
+                if !p.reserve_counted(job.client, bytes, false) {
+                    return;
+                }
+                q.pop_front().expect("front exists")
+            };
+            let me = self.clone();
+            tokio::task::spawn_local(async move {
+                let bytes = me.span_bytes(&job);
+                let r = me
+                    .fetch_blocks(
+                        job.store.as_ref(),
+                        &job.key,
+                        &job.etag,
+                        job.size,
+                        job.blocks.clone(),
+                        Purpose::Prefetch,
+                    )
+                    .await;
+                if let Some(p) = &me.prefetcher {
+                    p.release(job.client, bytes);
+                }
+                if let Err(e) = r {
+                    tracing::debug!(key = %job.key, blocks = ?job.blocks, error = %e, "prefetch failed");
+                }
+                me.pump_prefetch();
+            });
+        }
+    }
+
+    /// Memory a prefetch span holds while in flight: its bytes, twice for a
+    /// span of several blocks (the span is received in one buffer, then
+    /// cut into block records).
+    fn span_bytes(&self, job: &PrefetchJob) -> u64 {
+        let start = job.blocks.start * self.block_bytes;
+        let bytes = (job.blocks.end * self.block_bytes).min(job.size) - start.min(job.size);
+        if job.blocks.end - job.blocks.start > 1 {
+            2 * bytes
+        } else {
+            bytes
         }
     }
 
@@ -717,14 +803,30 @@ impl BlockCache {
         etag: &str,
         size: u64,
     ) -> Result<(), StoreError> {
+        let blocks = size.div_ceil(self.block_bytes);
+        self.fetch_blocks(store, key, etag, size, 0..blocks, Purpose::Read)
+            .await
+    }
+
+    /// Fetch the blocks of `blocks` that are neither cached nor in flight
+    /// with one ranged GET (from the first missing to the last missing),
+    /// each then published like a miss.
+    async fn fetch_blocks(
+        self: &Arc<Self>,
+        store: &dyn ObjectStore,
+        key: &str,
+        etag: &str,
+        size: u64,
+        blocks: std::ops::Range<u64>,
+        purpose: Purpose,
+    ) -> Result<(), StoreError> {
         if !self.is_enabled() || !format::fits(key, etag) {
             return Ok(());
         }
-        let blocks = size.div_ceil(self.block_bytes);
         let mut leaders = Vec::new();
         {
             let mut flights = self.flights.lock().expect("flights poisoned");
-            for index in 0..blocks {
+            for index in blocks {
                 let id = block_id(key, etag, index);
                 if self.memory.contains(id) || flights.contains_key(&id) {
                     continue;
@@ -787,7 +889,12 @@ impl BlockCache {
                 header_len: hl,
                 data_len: block_len,
             };
-            self.publish(id, index, key, etag, tx, guard, fetched, Purpose::Read)
+            if purpose == Purpose::Prefetch {
+                if let Some(p) = &self.prefetcher {
+                    p.fetched(id, block_len as u64);
+                }
+            }
+            self.publish(id, index, key, etag, tx, guard, fetched, purpose)
                 .await;
         }
         Ok(())
