@@ -32,6 +32,39 @@ struct ZcMsg<T> {
     _batch: Rc<ZcBatch<T>>,
 }
 
+/// What this kernel's zero-copy sends support, learnt from EINVAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ZcMode {
+    WithUsage,
+    Plain,
+    Unsupported,
+}
+
+static ZC_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+fn zc_mode() -> ZcMode {
+    match ZC_MODE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => ZcMode::WithUsage,
+        1 => ZcMode::Plain,
+        _ => ZcMode::Unsupported,
+    }
+}
+
+fn zc_step_down() {
+    let before = ZC_MODE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if before < 2 {
+        tracing::warn!(
+            step = before + 1,
+            "the kernel refused a zero-copy send option; using {}",
+            if before == 0 {
+                "zero-copy sends without usage reports"
+            } else {
+                "plain sends"
+            }
+        );
+    }
+}
+
 /// Ask the kernel to say in each zero-copy notification whether it had to
 /// copy after all (IORING_SEND_ZC_REPORT_USAGE).
 const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
@@ -335,9 +368,15 @@ impl Stream {
             }
             zm.msg.msg_iov = zm.iovecs.as_mut_ptr();
             zm.msg.msg_iovlen = zm.iovecs.len();
-            let entry = if zero_copy {
+            let zc = zero_copy && zc_mode() != ZcMode::Unsupported;
+            let entry = if zc {
+                let report = if zc_mode() == ZcMode::WithUsage {
+                    SEND_ZC_REPORT_USAGE
+                } else {
+                    0
+                };
                 opcode::SendMsgZc::new(types::Fd(self.fd.as_raw_fd()), &zm.msg)
-                    .ioprio(SEND_ZC_REPORT_USAGE)
+                    .ioprio(report)
                     .flags(libc::MSG_NOSIGNAL as u32)
                     .build()
             } else {
@@ -349,10 +388,19 @@ impl Stream {
             // batch the box holds; the op keeps the box until the kernel's
             // notification.
             let op = unsafe { ZcOp::submit(ring, entry, zm) }?;
-            if zero_copy {
+            let r = op.await;
+            if zc {
+                if let Err(e) = &r {
+                    if e.raw_os_error() == Some(libc::EINVAL) {
+                        // An older kernel: no usage report (before 6.2) or no
+                        // zero-copy sends at all. Step down and send again.
+                        zc_step_down();
+                        continue;
+                    }
+                }
                 crate::telemetry::add(crate::telemetry::Counter::SendZc, 1);
             }
-            match op.await {
+            match r {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::WriteZero,

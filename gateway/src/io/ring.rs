@@ -93,6 +93,8 @@ pub struct Ring {
     slots: RefCell<Slots>,
     fd: AsyncFd<RingFd>,
     stats: Cell<RingStats>,
+    /// Entries are queued that a failed submit did not hand over.
+    submit_pending: Cell<bool>,
 }
 
 thread_local! {
@@ -113,6 +115,7 @@ impl Ring {
             slots: RefCell::new(Slots::default()),
             fd,
             stats: Cell::new(RingStats::default()),
+            submit_pending: Cell::new(false),
         });
         CURRENT.with(|c| *c.borrow_mut() = Some(ring.clone()));
         let driver = ring.clone();
@@ -169,6 +172,15 @@ impl Ring {
 
     fn reap(&self) {
         let mut uring = self.uring.borrow_mut();
+        // Completions the kernel kept aside because the queue was full are
+        // only flushed by entering the kernel; so are entries a failed
+        // submit left queued.
+        if self.submit_pending.get() || uring.submission().cq_overflow() {
+            match uring.submit() {
+                Ok(_) => self.submit_pending.set(false),
+                Err(e) => tracing::warn!(error = %e, "io_uring submit failed while reaping"),
+            }
+        }
         let mut slots = self.slots.borrow_mut();
         let mut stats = self.stats.get();
         for cqe in uring.completion() {
@@ -236,7 +248,13 @@ impl Ring {
                     .map_err(|_| io::Error::other("io_uring submission queue stays full"))?;
             }
         }
-        uring.submit()?;
+        // The entry is queued now and will reach the kernel with the next
+        // submit even if this one fails (EAGAIN, EBUSY under pressure), so
+        // the op must stay alive: never report an error from here on.
+        if let Err(e) = uring.submit() {
+            tracing::warn!(error = %e, "io_uring submit failed; the entry goes with the next one");
+            self.submit_pending.set(true);
+        }
         let mut stats = self.stats.get();
         stats.submitted_ops += 1;
         self.stats.set(stats);

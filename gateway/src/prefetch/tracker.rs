@@ -155,9 +155,7 @@ impl Tracker {
     }
 
     pub fn stats(&self) -> TrackerStats {
-        let mut s = self.stats;
-        s.streams = self.files.values().map(|f| f.streams.len() as u64).sum();
-        s
+        self.stats
     }
 
     /// Feed one read; say what to fetch ahead.
@@ -170,8 +168,10 @@ impl Tracker {
         let cfg = self.config;
         let f = self.files.entry((ev.client, ev.file)).or_default();
         f.last_seen = Some(ev.at);
+        let before = f.streams.len();
         f.streams
             .retain(|s| ev.at.saturating_duration_since(s.last_seen) < cfg.idle);
+        self.stats.streams -= (before - f.streams.len()) as u64;
 
         // An exact stride continuation wins over a read near some frontier
         // (which could be a late READ of a sequential stream).
@@ -316,11 +316,13 @@ impl Tracker {
                 .min_by_key(|&j| f.streams[j].last_seen)
                 .expect("streams not empty");
             f.streams.swap_remove(oldest);
+            self.stats.streams -= 1;
         }
         // A read from the very start of a file is most likely the first of
         // a sequential pass: give it a small head start.
         let from_start = ev.offset == 0 && !random;
         let ahead_to = ev.end() + cfg.window_min_bytes;
+        self.stats.streams += 1;
         f.streams.push(Stream {
             frontier: ev.end(),
             last_start: ev.offset,
@@ -353,7 +355,9 @@ impl Tracker {
         ages.sort_unstable_by_key(|(t, _)| *t);
         let n = (ages.len() / 8).max(1);
         for (_, k) in ages.into_iter().take(n) {
-            self.files.remove(&k);
+            if let Some(f) = self.files.remove(&k) {
+                self.stats.streams -= f.streams.len() as u64;
+            }
         }
     }
 }

@@ -638,6 +638,7 @@ impl Sweep {
                 if let Some(p) = cache.prefetcher() {
                     p.release(client, bytes);
                 }
+                cache.pump_prefetch();
             });
         }
         p.sweep_finished(self.client, self.dir_id);

@@ -48,7 +48,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -173,11 +173,15 @@ enum Purpose {
     Prefetch,
 }
 
+/// Cache writes queued for the device at once (each holds its block).
+const WRITES_IN_FLIGHT_MAX: usize = 256;
 /// Blocks fetched with one GET by a prefetch.
 const PREFETCH_SPAN_BLOCKS: u64 = 8;
 /// Within this distance ahead of a reader, prefetch fetches one block per
 /// GET.
 const PREFETCH_NEAR_BYTES: u64 = 16 << 20;
+/// Queued prefetch jobs looked at for one that fits the budgets.
+const PUMP_SCAN_JOBS: usize = 64;
 /// Prefetch spans waiting for budget.
 const PREFETCH_JOBS_MAX: usize = 4096;
 
@@ -203,6 +207,7 @@ pub struct BlockCache {
     memory: MemoryTier,
     prefetcher: Option<Prefetcher>,
     prefetch_jobs: Mutex<std::collections::VecDeque<PrefetchJob>>,
+    writes_in_flight: AtomicUsize,
     flights: Mutex<HashMap<BlockId, watch::Receiver<FlightResult>>>,
     enabled: AtomicBool,
     logged: Logged,
@@ -431,6 +436,7 @@ impl BlockCache {
             memory: MemoryTier::new(config.memory_bytes),
             prefetcher: config.prefetch.filter(|p| p.enabled).map(Prefetcher::new),
             prefetch_jobs: Mutex::new(std::collections::VecDeque::new()),
+            writes_in_flight: AtomicUsize::new(0),
             flights: Mutex::new(HashMap::new()),
             enabled: AtomicBool::new(true),
             logged: Logged::default(),
@@ -689,6 +695,11 @@ impl BlockCache {
         // arrive any moment and should not wait for a whole span. Further
         // ahead, contiguous blocks share a GET.
         let near_end = frontier + PREFETCH_NEAR_BYTES;
+        // A span (held twice while it is cut into blocks) stays well inside
+        // the per-client budget.
+        let span_blocks_max = self.prefetcher.as_ref().map_or(1, |p| {
+            (p.config().client_budget_bytes / (4 * self.block_bytes)).clamp(1, PREFETCH_SPAN_BLOCKS)
+        });
         let (key, etag): (Arc<str>, Arc<str>) = (Arc::from(key), Arc::from(etag));
         let mut span: Option<std::ops::Range<u64>> = None;
         let mut jobs = Vec::new();
@@ -699,7 +710,7 @@ impl BlockCache {
             span = match (span, wanted) {
                 (Some(s), true)
                     if s.end == index
-                        && s.end - s.start < PREFETCH_SPAN_BLOCKS
+                        && s.end - s.start < span_blocks_max
                         && index * self.block_bytes >= near_end =>
                 {
                     Some(s.start..index + 1)
@@ -741,21 +752,23 @@ impl BlockCache {
 
     /// Start queued prefetch spans while the budget allows; each finished
     /// span pumps again.
-    fn pump_prefetch(self: &Arc<Self>) {
+    pub(crate) fn pump_prefetch(self: &Arc<Self>) {
         let Some(p) = &self.prefetcher else {
             return;
         };
         loop {
             let job = {
                 let mut q = self.prefetch_jobs.lock().expect("prefetch queue poisoned");
-                let Some(job) = q.front() else {
+                // The first of the next few jobs that fits the budgets (one
+                // client at its limit does not hold up the others).
+                let fits = q
+                    .iter()
+                    .take(PUMP_SCAN_JOBS)
+                    .position(|job| p.reserve_counted(job.client, self.span_bytes(job), false));
+                let Some(i) = fits else {
                     return;
                 };
-                let bytes = self.span_bytes(job);
-                if !p.reserve_counted(job.client, bytes, false) {
-                    return;
-                }
-                q.pop_front().expect("front exists")
+                q.remove(i).expect("position is in the queue")
             };
             let me = self.clone();
             tokio::task::spawn_local(async move {
@@ -787,11 +800,17 @@ impl BlockCache {
     fn span_bytes(&self, job: &PrefetchJob) -> u64 {
         let start = job.blocks.start * self.block_bytes;
         let bytes = (job.blocks.end * self.block_bytes).min(job.size) - start.min(job.size);
-        if job.blocks.end - job.blocks.start > 1 {
+        let held = if job.blocks.end - job.blocks.start > 1 {
             2 * bytes
         } else {
             bytes
-        }
+        };
+        // Never more than a budget holds, so every job can start once the
+        // others are done.
+        self.prefetcher.as_ref().map_or(held, |p| {
+            held.min(p.config().client_budget_bytes)
+                .min(p.config().budget_bytes)
+        })
     }
 
     /// Fetch every block of a small object that is neither cached nor in
@@ -916,7 +935,7 @@ impl BlockCache {
         let id = block_id(key, etag, index);
         let reading = matches!(purpose, Purpose::Read | Purpose::Exact);
         if cacheable && reading {
-            if let Some(block) = self.memory.get(id) {
+            if let Some(block) = self.memory.get(id).filter(|b| start + len <= b.data_len) {
                 telemetry::add(Counter::CacheHits, 1);
                 telemetry::add(Counter::CacheMemoryHits, 1);
                 telemetry::add(Counter::CacheHitBytes, len as u64);
@@ -957,6 +976,13 @@ impl BlockCache {
                 let got = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
                 match got {
                     Ok(Some(Ok(block))) => {
+                        if start + len > block.data_len {
+                            // Fetched for another idea of the object's size:
+                            // it changed; the caller re-reads its attributes.
+                            return Err(StoreError::PreconditionFailed {
+                                key: key.to_string(),
+                            });
+                        }
                         if reading {
                             self.note_used(id);
                         }
@@ -1039,17 +1065,31 @@ impl BlockCache {
         let block = Arc::new(fetched);
         self.memory.insert(id, block.clone());
         let _ = tx.send(Some(Ok(block.clone())));
+        let placement = placement.filter(|&loc| {
+            // Writes waiting on the device are bounded; past the bound the
+            // block is served but not cached.
+            let ok = self.writes_in_flight.fetch_add(1, Ordering::Relaxed) < WRITES_IN_FLIGHT_MAX;
+            if !ok {
+                self.writes_in_flight.fetch_sub(1, Ordering::Relaxed);
+                self.dir.lock().expect("cache index poisoned").abort(loc);
+                telemetry::add(Counter::CacheAdmissionRejects, 1);
+            }
+            ok
+        });
         match placement {
             Some(loc) => {
                 guard.disarm();
+                // The write runs as a task of its own, so a caller that goes
+                // away (a warm request timing out) never leaves a placement
+                // half done; a warm waits for it.
+                let me = self.clone();
+                let record = block.clone();
+                let write = tokio::task::spawn_local(async move {
+                    me.write_record(id, loc, record).await;
+                    me.writes_in_flight.fetch_sub(1, Ordering::Relaxed);
+                });
                 if purpose == Purpose::Warm {
-                    self.write_record(id, loc, block.clone()).await;
-                } else {
-                    let me = self.clone();
-                    let record = block.clone();
-                    tokio::task::spawn_local(async move {
-                        me.write_record(id, loc, record).await;
-                    });
+                    let _ = write.await;
                 }
             }
             None => drop(guard),
