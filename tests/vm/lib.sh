@@ -104,16 +104,17 @@ gw_listening() {
     grep -q "^ *[0-9]*: 0100007F:$hex 00000000:0000 0A" /proc/net/tcp
 }
 
-# gw_start: starts the gateway over $SOURCE with state in $STATE and waits
-# until it listens. Its pid goes to /tmp/gw.pid and, when it exits, its
-# status to /tmp/gw.status.
+# gw_start: starts the gateway over $SOURCE with state in $STATE (and the
+# extra arguments in $GW_ARGS, if any) and waits until it listens. Its pid
+# goes to /tmp/gw.pid and, when it exits, its status to /tmp/gw.status.
 gw_start() {
     local i=0
     rm -f /tmp/gw.pid /tmp/gw.status
     mkdir -p "$STATE"
     (
+        # shellcheck disable=SC2086 # GW_ARGS holds several arguments
         NO_COLOR=1 "$BIN/tidegate" serve "$SOURCE" --listen "127.0.0.1:$PORT" --workers 2 \
-            --state-dir "$STATE" >> "$OUT/gateway.log" 2>&1 &
+            --state-dir "$STATE" ${GW_ARGS:-} >> "$OUT/gateway.log" 2>&1 &
         echo $! > /tmp/gw.pid
         wait $!
         echo $? > /tmp/gw.status

@@ -5,7 +5,7 @@
 #     guest userland), kmod (depmod/modprobe to order the guest's modules),
 #     cpio and gzip (to pack the initramfs);
 #   - the guest image in $CACHE/image: the kernel of a pinned Debian kernel
-#     package and an initramfs made of busybox, the NFS/9p/virtio modules of
+#     package and an initramfs made of busybox, the NFS/9p/virtio/loop modules of
 #     that kernel and /init (vm-init.sh beside this script);
 #   - with --pjdfstest: the pjdfstest conformance suite from crates.io, built
 #     as a static binary in $CACHE/pjdfstest-$PJDFSTEST_VERSION.
@@ -31,7 +31,7 @@ INIT_SCRIPT="$SCRIPT_DIR/vm-init.sh"
 KERNEL_PACKAGE="linux-image-6.1.0-50-amd64"
 KERNEL_PACKAGE_VERSION="6.1.176-1"
 # Modules the guest loads; their dependencies are added in load order.
-GUEST_MODULES=(nfsv3 nfsv4 9p 9pnet_virtio virtio_pci)
+GUEST_MODULES=(nfsv3 nfsv4 9p 9pnet_virtio virtio_pci loop)
 
 PJDFSTEST_VERSION="0.2.2"
 PJDFSTEST_DIR="$CACHE/pjdfstest-$PJDFSTEST_VERSION"
