@@ -60,6 +60,11 @@ impl MetaCache {
     }
 
     pub fn put_attr(&self, attr: Attr) {
+        self.put_attr_at(attr, Instant::now());
+    }
+
+    /// Remember attributes learnt at `at` (they expire a TTL after it).
+    pub fn put_attr_at(&self, attr: Attr, at: Instant) {
         let mut m = self.attrs.lock().expect("attr cache poisoned");
         if m.len() >= ATTR_ENTRIES_MAX {
             let ttl = self.ttls.attrs;
@@ -68,7 +73,7 @@ impl MetaCache {
                 m.clear();
             }
         }
-        m.insert(attr.fileid, (attr, Instant::now()));
+        m.insert(attr.fileid, (attr, at));
     }
 
     pub fn forget_attr(&self, id: u64) {

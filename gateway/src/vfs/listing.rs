@@ -84,6 +84,9 @@ pub struct ListingState {
     /// Keys hidden by the naming rules.
     pub hidden_keys: u64,
     pub touched: Instant,
+    /// Where each appended page starts in `entries` and when it was
+    /// fetched: how old what a listing says about an entry is.
+    pages: Vec<(usize, Instant)>,
 }
 
 impl Default for ListingState {
@@ -96,6 +99,7 @@ impl Default for ListingState {
             complete: false,
             hidden_keys: 0,
             touched: Instant::now(),
+            pages: Vec::new(),
         }
     }
 }
@@ -114,6 +118,9 @@ impl ListingState {
     ) {
         self.started = true;
         self.hidden_keys += hidden;
+        // Entries removed from the unresolved tail below can make a later
+        // entry look one page older than it is: never younger.
+        self.pages.push((self.entries.len(), Instant::now()));
         for e in page {
             if e.kind() == NodeKind::Dir {
                 // An object with the same name is hidden: it can only be in
@@ -170,6 +177,17 @@ impl ListingState {
     }
 
     /// Look up the visible entry with key suffix `suffix`.
+    /// When the page that listed the visible entry `suffix` was fetched.
+    pub fn fetched_at(&self, suffix: &str) -> Option<Instant> {
+        let vis = &self.entries[..self.visible];
+        let p = vis.partition_point(|e| &*e.suffix < suffix);
+        if vis.get(p).is_none_or(|e| &*e.suffix != suffix) {
+            return None;
+        }
+        let page = self.pages.partition_point(|(start, _)| *start <= p);
+        page.checked_sub(1).map(|i| self.pages[i].1)
+    }
+
     pub fn find(&self, suffix: &str) -> Found<'_> {
         let vis = &self.entries[..self.visible];
         let p = vis.partition_point(|e| &*e.suffix < suffix);
@@ -233,6 +251,10 @@ mod tests {
         assert_eq!(s.position_after("zzz"), Some(3));
         assert!(matches!(s.find("b"), Found::Entry(e) if e.id == 4));
         assert!(matches!(s.find("a"), Found::Absent));
+        // Each entry is as old as its page at most.
+        let (first, second) = (s.fetched_at("a-b").unwrap(), s.fetched_at("b").unwrap());
+        assert!(first <= second);
+        assert!(s.fetched_at("a").is_none() && s.fetched_at("zzz").is_none());
     }
 
     #[test]

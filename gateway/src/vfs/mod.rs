@@ -214,12 +214,16 @@ impl Vfs {
             match (st.find(&dir_suffix), st.find(name)) {
                 (Found::Entry(e), _) | (Found::Absent, Found::Entry(e)) => {
                     let (id, attr) = (e.id, self.entry_attr(e));
+                    let listed_at = st.fetched_at(&e.suffix);
                     drop(st);
                     // A listed file's attributes are complete when the
                     // listing carried its ETag (S3 LIST does): no HEAD
-                    // needed until they expire.
-                    if attr.kind == NodeKind::Dir || attr.etag.is_some() {
+                    // needed until they expire, a TTL after the page that
+                    // listed them was fetched.
+                    if attr.kind == NodeKind::Dir {
                         self.meta.put_attr(attr.clone());
+                    } else if let (Some(_), Some(at)) = (&attr.etag, listed_at) {
+                        self.meta.put_attr_at(attr.clone(), at);
                     }
                     return Ok((self.node(id)?, attr));
                 }
