@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 
 use tidegate::cache::meta::{MetaCache, MetaTtls};
-use tidegate::vfs::{Attr, DirEntry, HandleTable, ListingState, Node, NodeKind};
+use tidegate::vfs::{Attr, DirEntry, HandleTable, ListedEtag, ListingState, Node, NodeKind};
 use tidegate_benches::json::{object, Value};
 use tidegate_benches::listing::key_name;
 
@@ -259,7 +259,7 @@ fn run() -> Result<()> {
                 size: 0,
                 mtime,
                 // S3 LIST gives every key's ETag and the listing keeps it.
-                etag: Some(Arc::from(format!("{id:032x}").as_str())),
+                etag: Some(ListedEtag::new(&format!("\"{id:032x}\""))),
             })
             .collect();
         let last = page.last().map(|k| &k[prefix.len()..]);

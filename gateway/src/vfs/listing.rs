@@ -34,7 +34,63 @@ pub struct DirEntry {
     pub mtime: SystemTime,
     /// The object's version as listed (S3 LIST carries ETags), so reads
     /// through the block cache need no HEAD.
-    pub etag: Option<Arc<str>>,
+    pub etag: Option<ListedEtag>,
+}
+
+/// An ETag as a listing keeps it: the common single-part S3 form (a quoted
+/// MD5 in hex) in 16 bytes inline, anything else on the heap. A directory
+/// of millions of entries pays no allocation per ETag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListedEtag {
+    Md5([u8; 16]),
+    Other(Box<str>),
+}
+
+impl ListedEtag {
+    pub fn new(etag: &str) -> ListedEtag {
+        let hex = etag.strip_prefix('"').and_then(|e| e.strip_suffix('"'));
+        if let Some(hex) = hex.filter(|h| h.len() == 32) {
+            let mut md5 = [0u8; 16];
+            let ok = hex
+                .as_bytes()
+                .chunks(2)
+                .zip(md5.iter_mut())
+                .all(|(pair, out)| {
+                    let digit = |c: u8| match c {
+                        b'0'..=b'9' => Some(c - b'0'),
+                        b'a'..=b'f' => Some(c - b'a' + 10),
+                        _ => None,
+                    };
+                    match (digit(pair[0]), digit(pair[1])) {
+                        (Some(h), Some(l)) => {
+                            *out = h << 4 | l;
+                            true
+                        }
+                        _ => false,
+                    }
+                });
+            if ok {
+                return ListedEtag::Md5(md5);
+            }
+        }
+        ListedEtag::Other(etag.into())
+    }
+
+    /// The ETag exactly as the store gave it.
+    pub fn to_arc(&self) -> Arc<str> {
+        match self {
+            ListedEtag::Md5(md5) => {
+                let mut s = String::with_capacity(34);
+                s.push('"');
+                for b in md5 {
+                    s.push_str(&format!("{b:02x}"));
+                }
+                s.push('"');
+                Arc::from(s)
+            }
+            ListedEtag::Other(s) => Arc::from(&**s),
+        }
+    }
 }
 
 impl DirEntry {
@@ -223,6 +279,25 @@ mod tests {
         assert!(!suffix_is_valid(".."));
         assert!(!suffix_is_valid(&"x".repeat(256)));
         assert!(suffix_is_valid(&"x".repeat(255)));
+    }
+
+    #[test]
+    fn listed_etags_round_trip() {
+        for e in [
+            "\"0123456789abcdef0123456789abcdef\"",
+            "\"0123456789abcdef0123456789abcdef-12\"",
+            "\"0123456789ABCDEF0123456789ABCDEF\"",
+            "ino-size-mtime",
+            "\"\"",
+            "",
+        ] {
+            assert_eq!(&*ListedEtag::new(e).to_arc(), e, "{e}");
+        }
+        assert!(matches!(
+            ListedEtag::new("\"d41d8cd98f00b204e9800998ecf8427e\""),
+            ListedEtag::Md5(_)
+        ));
+        assert!(std::mem::size_of::<Option<ListedEtag>>() <= 24);
     }
 
     #[test]

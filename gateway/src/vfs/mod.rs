@@ -22,7 +22,7 @@ use crate::telemetry::{self, Counter};
 
 pub use error::{FsError, FsResult};
 pub use handles::{HandleTable, Node, NodeKind};
-pub use listing::{DirEntry, Found, ListingState};
+pub use listing::{DirEntry, Found, ListedEtag, ListingState};
 
 use crate::cache::block::{BlockCache, Piece};
 use crate::cache::meta::MetaCache;
@@ -273,7 +273,7 @@ impl Vfs {
                 kind: NodeKind::File,
                 size: e.size,
                 mtime: e.mtime,
-                etag: e.etag.clone(),
+                etag: e.etag.as_ref().map(ListedEtag::to_arc),
             },
         }
     }
@@ -477,7 +477,7 @@ impl Vfs {
             let (key, size, mtime, etag) = if take_object {
                 let o = &page.objects[oi];
                 oi += 1;
-                let etag = (!o.etag.is_empty()).then(|| Arc::from(o.etag.as_str()));
+                let etag = (!o.etag.is_empty()).then(|| ListedEtag::new(&o.etag));
                 (o.key.as_str(), o.size, o.mtime, etag)
             } else {
                 let p = &page.prefixes[pi];
@@ -604,7 +604,12 @@ impl Sweep {
                     None
                 } else {
                     let e = &st.entries[i];
-                    Some((e.kind(), e.suffix.clone(), e.size, e.etag.clone()))
+                    Some((
+                        e.kind(),
+                        e.suffix.clone(),
+                        e.size,
+                        e.etag.as_ref().map(ListedEtag::to_arc),
+                    ))
                 }
             };
             let Some((kind, suffix, size, etag)) = next else {
