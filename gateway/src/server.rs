@@ -156,6 +156,7 @@ impl Server {
             )
             .with_cache(cache),
             mounts: MountTable::default(),
+            drc: crate::rpc::drc::ReplyCache::default(),
         });
 
         let first = Listener::bind(config.listen).map_err(|source| ServerError::Listen {

@@ -3,6 +3,7 @@
 //! ([`conn`]) and program/version/procedure dispatch (here).
 
 pub mod conn;
+pub mod drc;
 pub mod msg;
 pub mod record;
 
@@ -87,6 +88,28 @@ impl IoSlices for Reply {
 pub struct Services {
     pub vfs: Vfs,
     pub mounts: mount::MountTable,
+    pub drc: drc::ReplyCache,
+}
+
+/// NFSv3 procedures that must not run twice for one call: SETATTR, WRITE,
+/// CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR, RENAME, LINK.
+fn non_idempotent(prog: u32, proc_num: u32) -> bool {
+    prog == v3::PROGRAM && matches!(proc_num, 2 | 7..=15)
+}
+
+/// Forgets a call's reply-cache entry unless its reply was recorded (a call
+/// cancelled half way must be able to run again).
+struct DrcGuard<'a> {
+    drc: &'a drc::ReplyCache,
+    key: Option<drc::CallKey>,
+}
+
+impl Drop for DrcGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.drc.abandon(k);
+        }
+    }
 }
 
 /// Bytes reserved at the start of every reply for its record mark.
@@ -128,6 +151,10 @@ pub async fn handle_call(
     record: &[u8],
 ) -> Option<Reply> {
     let mut body = None;
+    let mut drc_guard = DrcGuard {
+        drc: &services.drc,
+        key: None,
+    };
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(&[0u8; RECORD_MARK_BYTES]);
     match msg::parse_call(record) {
@@ -167,6 +194,38 @@ pub async fn handle_call(
             } else if call.vers < low || call.vers > high {
                 msg::encode_prog_mismatch(&mut e, call.xid, low, high);
             } else {
+                if non_idempotent(call.prog, call.proc_num) {
+                    let key = drc::CallKey::new(
+                        peer.map(|p| p.ip()),
+                        call.xid,
+                        call.prog,
+                        call.vers,
+                        call.proc_num,
+                        call.args,
+                    );
+                    match services.drc.begin(key) {
+                        drc::Seen::New => drc_guard.key = Some(key),
+                        drc::Seen::Running => {
+                            tracing::debug!(
+                                ?peer,
+                                xid = call.xid,
+                                "retransmission of a call still running; dropped"
+                            );
+                            return None;
+                        }
+                        drc::Seen::Replay(reply) => {
+                            tracing::debug!(
+                                ?peer,
+                                xid = call.xid,
+                                "retransmission answered from the reply cache"
+                            );
+                            return Some(Reply {
+                                head: reply.to_vec(),
+                                body: None,
+                            });
+                        }
+                    }
+                }
                 msg::encode_accepted(&mut e, call.xid, AcceptStat::Success);
                 let started = std::time::Instant::now();
                 let outcome = match call.prog {
@@ -198,6 +257,9 @@ pub async fn handle_call(
     }
     let body_bytes = body.as_ref().map_or(0, ReplyBody::len);
     record::finish_record(&mut out, body_bytes);
+    if let Some(key) = drc_guard.key.take() {
+        services.drc.finish(key, &out);
+    }
     Some(Reply { head: out, body })
 }
 
@@ -226,6 +288,7 @@ mod tests {
                 }),
             ),
             mounts: mount::MountTable::default(),
+            drc: drc::ReplyCache::default(),
         }
     }
 
@@ -280,6 +343,37 @@ mod tests {
                 .unwrap();
             assert_eq!(accepted(&r), (5, AcceptStat::Success as u32));
             assert!(handle_record(&s, None, &[0, 0, 0, 1]).await.is_none());
+        });
+    }
+
+    #[test]
+    fn non_idempotent_retransmissions_are_answered_from_the_reply_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let s = services(t.path());
+        let peer: Option<SocketAddr> = Some("10.1.2.3:700".parse().unwrap());
+        // REMOVE with an undecodable handle: any reply will do, it is the
+        // second one that must be the same bytes without a second run.
+        let args = [0u8, 0, 0, 4, 1, 2, 3, 4, 0, 0, 0, 1, b'x', 0, 0, 0];
+        block_on(async {
+            let first = handle_record(&s, peer, &call(42, v3::PROGRAM, 3, 12, &args))
+                .await
+                .unwrap();
+            assert_eq!(s.drc.len(), 1);
+            // Reconnected from another port: still the same call.
+            let other_port: Option<SocketAddr> = Some("10.1.2.3:701".parse().unwrap());
+            let again = handle_record(&s, other_port, &call(42, v3::PROGRAM, 3, 12, &args))
+                .await
+                .unwrap();
+            assert_eq!(first, again);
+            assert_eq!(s.drc.len(), 1, "replayed, not run again");
+            // Another xid is another call; GETATTR is never cached.
+            handle_record(&s, peer, &call(43, v3::PROGRAM, 3, 12, &args))
+                .await
+                .unwrap();
+            handle_record(&s, peer, &call(44, v3::PROGRAM, 3, 1, &[0, 0, 0, 0]))
+                .await
+                .unwrap();
+            assert_eq!(s.drc.len(), 2);
         });
     }
 
