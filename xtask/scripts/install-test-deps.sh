@@ -35,6 +35,12 @@ APT_PACKAGES=(
     pkg-config
     zlib1g-dev
     libaio-dev
+    # The cache fault tests mount a tmpfs and drive loop devices
+    # (mount, umount, losetup, blockdev); present on most systems.
+    mount
+    util-linux
+    python3
+    python3-pip
 )
 
 log() { printf '[install-test-deps] %s\n' "$*"; }
