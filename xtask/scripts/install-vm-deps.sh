@@ -3,7 +3,8 @@
 # as root, no interaction):
 #   - apt packages: qemu-system-x86 (the emulator), busybox-static (the whole
 #     guest userland), kmod (depmod/modprobe to order the guest's modules),
-#     cpio and gzip (to pack the initramfs);
+#     cpio and gzip (to pack the initramfs), xz-utils and zstd (to unpack
+#     compressed kernel modules);
 #   - the guest image in $CACHE/image: the kernel of a pinned Debian kernel
 #     package and an initramfs made of busybox, the NFS/9p/virtio/loop modules of
 #     that kernel and /init (vm-init.sh beside this script);
@@ -36,7 +37,7 @@ GUEST_MODULES=(nfsv3 nfsv4 9p 9pnet_virtio virtio_pci loop)
 PJDFSTEST_VERSION="0.2.2"
 PJDFSTEST_DIR="$CACHE/pjdfstest-$PJDFSTEST_VERSION"
 
-APT_PACKAGES=(qemu-system-x86 busybox-static kmod cpio gzip)
+APT_PACKAGES=(qemu-system-x86 busybox-static kmod cpio gzip xz-utils zstd)
 
 want_pjdfstest=0
 for arg in "$@"; do
