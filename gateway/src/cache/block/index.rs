@@ -197,19 +197,25 @@ impl Directory {
         if !self.free.is_empty() {
             return true;
         }
-        let Some(&victim) = self
+        self.victim()
+            .is_some_and(|(_, freq)| self.sketch.estimate(id) > freq)
+    }
+
+    /// The region reclaiming would take (the oldest without writes in
+    /// flight): its place in `sealed` and the recent frequency of its
+    /// oldest live block, which a newcomer must beat.
+    fn victim(&self) -> Option<(usize, u8)> {
+        let pos = self
             .sealed
             .iter()
-            .find(|&&r| self.regions[r as usize].pending_writes == 0)
-        else {
-            return false;
-        };
-        let victim_freq = self.regions[victim as usize]
+            .position(|&r| self.regions[r as usize].pending_writes == 0)?;
+        let victim = self.sealed[pos];
+        let freq = self.regions[victim as usize]
             .entries
             .iter()
             .find(|e| self.map.get(e).is_some_and(|l| l.region == victim))
             .map_or(0, |&e| self.sketch.estimate(e));
-        self.sketch.estimate(id) > victim_freq
+        Some((pos, freq))
     }
 
     /// Room for a record of `record_len` bytes for block `id`, reclaiming
@@ -230,19 +236,10 @@ impl Directory {
         let r = match self.free.pop() {
             Some(r) => r,
             None => {
-                let Some(pos) = self
-                    .sealed
-                    .iter()
-                    .position(|&r| self.regions[r as usize].pending_writes == 0)
-                else {
+                let Some((pos, victim_freq)) = self.victim() else {
                     return (Admission::Busy, evicted);
                 };
                 let victim = self.sealed[pos];
-                let victim_freq = self.regions[victim as usize]
-                    .entries
-                    .iter()
-                    .find(|e| self.map.get(e).is_some_and(|l| l.region == victim))
-                    .map_or(0, |&e| self.sketch.estimate(e));
                 if self.sketch.estimate(id) <= victim_freq {
                     return (Admission::Rejected, evicted);
                 }

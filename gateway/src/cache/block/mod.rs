@@ -45,8 +45,8 @@ pub mod policy;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -235,60 +235,6 @@ fn block_device_bytes(file: &File) -> io::Result<u64> {
     Ok(size)
 }
 
-fn pread_exact(fd: RawFd, buf: &mut AlignedBuf, offset: u64, len: usize) -> io::Result<()> {
-    let mut done = 0;
-    while done < len {
-        // SAFETY: `done < len <= capacity`; the buffer outlives the call.
-        let n = unsafe {
-            libc::pread(
-                fd,
-                buf.as_mut_ptr().add(done).cast(),
-                len - done,
-                (offset + done as u64) as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "cache device ended early",
-            ));
-        }
-        done += n as usize;
-    }
-    Ok(())
-}
-
-fn pwrite_all(fd: RawFd, buf: &AlignedBuf, offset: u64, len: usize) -> io::Result<()> {
-    let mut done = 0;
-    while done < len {
-        // SAFETY: in bounds of the buffer, which outlives the call.
-        let n = unsafe {
-            libc::pwrite(
-                fd,
-                buf.as_ptr().add(done).cast(),
-                len - done,
-                (offset + done as u64) as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        done += n as usize;
-    }
-    Ok(())
-}
-
 /// What start-up found on the device.
 #[derive(Debug, Clone, Default)]
 pub struct RecoveryReport {
@@ -385,11 +331,10 @@ impl BlockCache {
         let layout = Layout::for_device(device_bytes, record_max)
             .ok_or_else(|| invalid("too small for two regions of four blocks".into()))?;
         let md = file.metadata().map_err(io_err)?;
-        let fd = file.as_raw_fd();
         let start = Instant::now();
 
         let mut page = AlignedBuf::new(SUPER_BYTES as usize);
-        let found = match pread_exact(fd, &mut page, 0, SUPER_BYTES as usize) {
+        let found = match file.read_exact_at(page.as_mut_slice(), 0) {
             Ok(()) => Superblock::decode(page.as_slice()),
             Err(_) => None,
         };
@@ -404,7 +349,7 @@ impl BlockCache {
         let mut dir = Directory::new(layout, config.block_bytes);
         let cache_id = match found {
             Some(sb) if sb == wanted(sb.cache_id) => {
-                recover(fd, &sb.cache_id, layout, &mut dir).map_err(io_err)?;
+                recover(&file, &sb.cache_id, layout, &mut dir).map_err(io_err)?;
                 sb.cache_id
             }
             other => {
@@ -414,7 +359,7 @@ impl BlockCache {
                 }
                 let id = random_id().map_err(io_err)?;
                 wanted(id).encode(page.as_mut_slice());
-                pwrite_all(fd, &page, 0, SUPER_BYTES as usize).map_err(io_err)?;
+                file.write_all_at(page.as_slice(), 0).map_err(io_err)?;
                 file.sync_data().map_err(io_err)?;
                 report.formatted = true;
                 id
@@ -1401,7 +1346,12 @@ struct RegionScan {
 }
 
 /// Rebuild the directory from the record headers on the device.
-fn recover(fd: RawFd, cache_id: &[u8; 16], layout: Layout, dir: &mut Directory) -> io::Result<()> {
+fn recover(
+    file: &File,
+    cache_id: &[u8; 16],
+    layout: Layout,
+    dir: &mut Directory,
+) -> io::Result<()> {
     let next = std::sync::atomic::AtomicU32::new(0);
     let results: Mutex<Vec<RegionScan>> = Mutex::new(Vec::new());
     let first_error: Mutex<Option<io::Error>> = Mutex::new(None);
@@ -1414,7 +1364,7 @@ fn recover(fd: RawFd, cache_id: &[u8; 16], layout: Layout, dir: &mut Directory) 
                     if r >= layout.region_count {
                         return;
                     }
-                    match scan_region(fd, cache_id, layout, r, &mut page) {
+                    match scan_region(file, cache_id, layout, r, &mut page) {
                         Ok(Some(found)) => results.lock().expect("poisoned").push(found),
                         Ok(None) => {}
                         Err(e) => {
@@ -1436,7 +1386,7 @@ fn recover(fd: RawFd, cache_id: &[u8; 16], layout: Layout, dir: &mut Directory) 
 }
 
 fn scan_region(
-    fd: RawFd,
+    file: &File,
     cache_id: &[u8; 16],
     layout: Layout,
     r: u32,
@@ -1452,7 +1402,10 @@ fn scan_region(
             record_len: 0,
             seq: 0,
         };
-        pread_exact(fd, page, layout.device_offset(&probe), ALIGN_BYTES)?;
+        file.read_exact_at(
+            &mut page.as_mut_slice()[..ALIGN_BYTES],
+            layout.device_offset(&probe),
+        )?;
         let Ok((h, hl)) = RecordHeader::decode(cache_id, page.as_slice()) else {
             break;
         };
