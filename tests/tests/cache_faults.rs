@@ -246,6 +246,10 @@ fn cache_file_removed_under_gateway() {
     rig.read_pass(&warm, READ_CHUNK_BYTES, "warm set, before the removal");
     let warm_gets = rig.proxy().get_count();
     eprintln!("warm set read again before the removal: {warm_gets} GETs");
+    assert_eq!(
+        warm_gets, 0,
+        "the warm set was not served from the cache before the removal"
+    );
 
     std::fs::remove_file(&cache).expect("rm the cache file");
     let mut all: Vec<Object> = warm.clone();

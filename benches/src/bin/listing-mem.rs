@@ -259,7 +259,7 @@ fn run() -> Result<()> {
                 size: 0,
                 mtime,
                 // S3 LIST gives every key's ETag and the listing keeps it.
-                etag: Some(ListedEtag::new(&format!("\"{id:032x}\""))),
+                etag: Some(ListedEtag::new(&format!("{id:032x}"))),
             })
             .collect();
         let last = page.last().map(|k| &k[prefix.len()..]);

@@ -84,6 +84,8 @@ pub struct Prefetcher {
     in_flight_fetches: AtomicUsize,
     per_client: Mutex<HashMap<u64, u64>>,
     outstanding: Mutex<Outstanding>,
+    /// `outstanding.bytes.len()`, readable without the lock.
+    outstanding_count: AtomicUsize,
 }
 
 impl Prefetcher {
@@ -96,6 +98,7 @@ impl Prefetcher {
             in_flight_fetches: AtomicUsize::new(0),
             per_client: Mutex::new(HashMap::new()),
             outstanding: Mutex::new(Outstanding::default()),
+            outstanding_count: AtomicUsize::new(0),
         }
     }
 
@@ -188,12 +191,20 @@ impl Prefetcher {
                 telemetry::add(Counter::PrefetchUnusedBytes, b);
             }
         }
+        self.outstanding_count
+            .store(o.bytes.len(), Ordering::Relaxed);
     }
 
     /// A reader used a block; count it if it was prefetched.
     pub fn used(&self, id: BlockId) {
+        // Most reads find nothing prefetched: no lock for them.
+        if self.outstanding_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let mut o = self.outstanding.lock().expect("prefetch set poisoned");
         if let Some(b) = o.bytes.remove(&id) {
+            self.outstanding_count
+                .store(o.bytes.len(), Ordering::Relaxed);
             telemetry::add(Counter::PrefetchHits, 1);
             telemetry::add(Counter::PrefetchUsedBytes, b);
         }

@@ -105,7 +105,6 @@ struct Stream {
     frontier: u64,
     /// Start of the previous read (for strides).
     last_start: u64,
-    last_len: u32,
     stride: Option<i64>,
     /// Reads that confirmed the pattern.
     confirmed: u32,
@@ -190,7 +189,6 @@ impl Tracker {
             // Not yet believed: follow it without advising anything.
             s.confirmed += 1;
             s.last_start = ev.offset;
-            s.last_len = ev.len;
             s.frontier = s.frontier.max(ev.end());
             s.last_seen = ev.at;
             return Advice {
@@ -214,7 +212,6 @@ impl Tracker {
             self.stats.window_grows += 1;
         }
         s.last_start = ev.offset;
-        s.last_len = ev.len;
         s.frontier = s.frontier.max(ev.end());
         s.last_seen = ev.at;
         let ahead = match pattern {
@@ -326,7 +323,6 @@ impl Tracker {
         f.streams.push(Stream {
             frontier: ev.end(),
             last_start: ev.offset,
-            last_len: ev.len,
             stride: stride_candidate,
             confirmed: 0,
             window: cfg.window_min_bytes,

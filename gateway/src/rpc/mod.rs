@@ -351,29 +351,38 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let s = services(t.path());
         let peer: Option<SocketAddr> = Some("10.1.2.3:700".parse().unwrap());
-        // REMOVE with an undecodable handle: any reply will do, it is the
-        // second one that must be the same bytes without a second run.
         let args = [0u8, 0, 0, 4, 1, 2, 3, 4, 0, 0, 0, 1, b'x', 0, 0, 0];
+        let key = |xid| drc::CallKey::new(peer.map(|p| p.ip()), xid, v3::PROGRAM, 3, 12, &args);
         block_on(async {
-            let first = handle_record(&s, peer, &call(42, v3::PROGRAM, 3, 12, &args))
-                .await
-                .unwrap();
-            assert_eq!(s.drc.len(), 1);
-            // Reconnected from another port: still the same call.
+            // A recorded reply is sent again as it was, without running
+            // the call, also to the client reconnected from another port.
+            assert_eq!(s.drc.begin(key(42)), drc::Seen::New);
+            s.drc.finish(key(42), b"recorded reply");
             let other_port: Option<SocketAddr> = Some("10.1.2.3:701".parse().unwrap());
             let again = handle_record(&s, other_port, &call(42, v3::PROGRAM, 3, 12, &args))
                 .await
                 .unwrap();
-            assert_eq!(first, again);
-            assert_eq!(s.drc.len(), 1, "replayed, not run again");
-            // Another xid is another call; GETATTR is never cached.
-            handle_record(&s, peer, &call(43, v3::PROGRAM, 3, 12, &args))
+            assert_eq!(again, b"recorded reply");
+            // A copy of a call still running gets no reply.
+            assert_eq!(s.drc.begin(key(43)), drc::Seen::New);
+            assert!(
+                handle_record(&s, peer, &call(43, v3::PROGRAM, 3, 12, &args))
+                    .await
+                    .is_none()
+            );
+            // A new call runs and its reply is recorded; GETATTR never is.
+            let first = handle_record(&s, peer, &call(44, v3::PROGRAM, 3, 12, &args))
                 .await
                 .unwrap();
-            handle_record(&s, peer, &call(44, v3::PROGRAM, 3, 1, &[0, 0, 0, 0]))
+            assert_eq!(
+                s.drc.begin(key(44)),
+                drc::Seen::Replay(Arc::from(&first[..]))
+            );
+            let before = s.drc.len();
+            handle_record(&s, peer, &call(45, v3::PROGRAM, 3, 1, &[0, 0, 0, 0]))
                 .await
                 .unwrap();
-            assert_eq!(s.drc.len(), 2);
+            assert_eq!(s.drc.len(), before);
         });
     }
 

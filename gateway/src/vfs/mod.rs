@@ -213,7 +213,9 @@ impl Vfs {
             let dir_suffix = format!("{name}/");
             match (st.find(&dir_suffix), st.find(name)) {
                 (Found::Entry(e), _) | (Found::Absent, Found::Entry(e)) => {
-                    let (id, attr) = (e.id, self.entry_attr(e));
+                    let id = e.id;
+                    let mut attr = self.entry_attr(e);
+                    attr.etag = e.etag.as_ref().map(ListedEtag::to_arc);
                     let listed_at = st.fetched_at(&e.suffix);
                     drop(st);
                     // A listed file's attributes are complete when the
@@ -273,7 +275,9 @@ impl Vfs {
                 kind: NodeKind::File,
                 size: e.size,
                 mtime: e.mtime,
-                etag: e.etag.as_ref().map(ListedEtag::to_arc),
+                // What the listing knows of the version stays there until
+                // a LOOKUP needs it: READDIRPLUS replies carry no ETag.
+                etag: None,
             },
         }
     }
@@ -343,14 +347,6 @@ impl Vfs {
             Ok(a) => a,
             Err(e) => return Some(Err(e)),
         };
-        if attr.etag.is_none() {
-            // Attributes from a listing without ETags: ask for them once.
-            self.meta.forget_attr(node.id);
-            attr = match self.getattr(node).await {
-                Ok(a) => a,
-                Err(e) => return Some(Err(e)),
-            };
-        }
         for attempt in 0..2 {
             if offset >= attr.size || count == 0 {
                 return Some(Ok((Vec::new(), 0, offset >= attr.size, attr)));

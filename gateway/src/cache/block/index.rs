@@ -220,7 +220,8 @@ impl Directory {
 
     /// Room for a record of `record_len` bytes for block `id`, reclaiming
     /// the oldest region if the policy admits the block.
-    pub fn reserve(&mut self, id: BlockId, record_len: u64) -> (Admission, Evicted) {
+    /// `force` (an explicit warm) skips the frequency comparison.
+    pub fn reserve(&mut self, id: BlockId, record_len: u64, force: bool) -> (Admission, Evicted) {
         let mut evicted = Evicted::default();
         if record_len > self.layout.region_bytes {
             return (Admission::Rejected, evicted);
@@ -240,7 +241,7 @@ impl Directory {
                     return (Admission::Busy, evicted);
                 };
                 let victim = self.sealed[pos];
-                if self.sketch.estimate(id) <= victim_freq {
+                if !force && self.sketch.estimate(id) <= victim_freq {
                     return (Admission::Rejected, evicted);
                 }
                 self.sealed.remove(pos);
@@ -351,11 +352,6 @@ impl Directory {
         sealed.sort_by_key(|&r| self.regions[r as usize].seq);
         self.sealed = sealed.into();
     }
-
-    /// Sketch memory (bytes), for the memory budget.
-    pub fn sketch_bytes(&self) -> usize {
-        self.sketch.bytes()
-    }
 }
 
 #[cfg(test)]
@@ -377,7 +373,7 @@ mod tests {
                     hits += hit as u64;
                 }
                 if !hit {
-                    if let (Admission::Place(loc), _) = dir.reserve(id, MIB + 4096) {
+                    if let (Admission::Place(loc), _) = dir.reserve(id, MIB + 4096, false) {
                         dir.commit(id, loc);
                     }
                 }
@@ -414,7 +410,7 @@ mod tests {
                     if round == 7 {
                         hits += 1;
                     }
-                } else if let (Admission::Place(loc), _) = dir.reserve(id, MIB + 4096) {
+                } else if let (Admission::Place(loc), _) = dir.reserve(id, MIB + 4096, false) {
                     dir.commit(id, loc);
                 }
             }
@@ -433,7 +429,7 @@ mod tests {
             for _ in 0..(b + 2) {
                 dir.lookup(id);
             }
-            match dir.reserve(id, MIB).0 {
+            match dir.reserve(id, MIB, false).0 {
                 Admission::Place(loc) => held.push(loc),
                 Admission::Busy => {
                     busy = true;

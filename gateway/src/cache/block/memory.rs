@@ -116,14 +116,6 @@ impl MemoryTier {
         evicted
     }
 
-    /// Forget a block (its version is known to be damaged or gone).
-    pub fn remove(&self, id: BlockId) {
-        let mut s = self.shard(id).lock().expect("memory tier poisoned");
-        if let Some(e) = s.map.remove(&id) {
-            s.bytes -= e.block.buf.capacity() as u64;
-        }
-    }
-
     /// Bytes held now.
     pub fn bytes(&self) -> u64 {
         self.shards

@@ -173,8 +173,9 @@ enum Purpose {
     Prefetch,
 }
 
-/// Cache writes queued for the device at once (each holds its block).
-const WRITES_IN_FLIGHT_MAX: usize = 256;
+/// Bytes of cache writes queued for the device at once (each holds its
+/// block in memory until written).
+const WRITES_IN_FLIGHT_BYTES_MAX: usize = 256 << 20;
 /// Blocks fetched with one GET by a prefetch.
 const PREFETCH_SPAN_BLOCKS: u64 = 8;
 /// Within this distance ahead of a reader, prefetch fetches one block per
@@ -207,7 +208,7 @@ pub struct BlockCache {
     memory: MemoryTier,
     prefetcher: Option<Prefetcher>,
     prefetch_jobs: Mutex<std::collections::VecDeque<PrefetchJob>>,
-    writes_in_flight: AtomicUsize,
+    writes_in_flight_bytes: AtomicUsize,
     flights: Mutex<HashMap<BlockId, watch::Receiver<FlightResult>>>,
     enabled: AtomicBool,
     logged: Logged,
@@ -381,7 +382,7 @@ impl BlockCache {
             memory: MemoryTier::new(config.memory_bytes),
             prefetcher: config.prefetch.filter(|p| p.enabled).map(Prefetcher::new),
             prefetch_jobs: Mutex::new(std::collections::VecDeque::new()),
-            writes_in_flight: AtomicUsize::new(0),
+            writes_in_flight_bytes: AtomicUsize::new(0),
             flights: Mutex::new(HashMap::new()),
             enabled: AtomicBool::new(true),
             logged: Logged::default(),
@@ -504,7 +505,12 @@ impl BlockCache {
     }
 
     /// Prepare the calling worker thread: its registered read buffers.
-    pub fn init_worker(&self) -> bool {
+    pub fn init_worker(&self) {
+        if self.memory.is_enabled() {
+            // Device reads then go to buffers that stay in the memory tier;
+            // a registered pool would sit unused.
+            return;
+        }
         let record_max = align_up(format::HEADER_BYTES_MAX + self.block_bytes as usize);
         let registered = crate::io::aligned::init_thread_pool(READ_BUFFERS_PER_WORKER, record_max);
         if registered {
@@ -516,7 +522,6 @@ impl BlockCache {
                 n + READ_BUFFERS_PER_WORKER as u64,
             );
         }
-        registered
     }
 
     /// Notice the cache file being removed or replaced under us; from then
@@ -575,7 +580,7 @@ impl BlockCache {
                 at: Instant::now(),
             });
             if size > self.block_bytes {
-                if size <= p.config().small_object_bytes {
+                if size <= p.config().small_object_bytes && offset == 0 {
                     // Small objects come whole, in one GET, on first touch.
                     if let Err(e) = self.fetch_whole(store.as_ref(), key, etag, size).await {
                         tracing::debug!(%key, error = %e, "whole-object fetch failed; reading by block");
@@ -1013,9 +1018,15 @@ impl BlockCache {
         let placement = placement.filter(|&loc| {
             // Writes waiting on the device are bounded; past the bound the
             // block is served but not cached.
-            let ok = self.writes_in_flight.fetch_add(1, Ordering::Relaxed) < WRITES_IN_FLIGHT_MAX;
+            let bytes = loc.record_len as usize;
+            let ok = self
+                .writes_in_flight_bytes
+                .fetch_add(bytes, Ordering::Relaxed)
+                + bytes
+                <= WRITES_IN_FLIGHT_BYTES_MAX;
             if !ok {
-                self.writes_in_flight.fetch_sub(1, Ordering::Relaxed);
+                self.writes_in_flight_bytes
+                    .fetch_sub(bytes, Ordering::Relaxed);
                 self.dir.lock().expect("cache index poisoned").abort(loc);
                 telemetry::add(Counter::CacheAdmissionRejects, 1);
             }
@@ -1031,7 +1042,8 @@ impl BlockCache {
                 let record = block.clone();
                 let write = tokio::task::spawn_local(async move {
                     me.write_record(id, loc, record).await;
-                    me.writes_in_flight.fetch_sub(1, Ordering::Relaxed);
+                    me.writes_in_flight_bytes
+                        .fetch_sub(loc.record_len as usize, Ordering::Relaxed);
                 });
                 if purpose == Purpose::Warm {
                     let _ = write.await;
@@ -1155,13 +1167,8 @@ impl BlockCache {
         let record_len = format::record_len(block.header_len, block.data_len);
         let (admission, evicted) = {
             let mut dir = self.dir.lock().expect("cache index poisoned");
-            if force {
-                // An explicit warm outranks the policy's guess.
-                for _ in 0..4 {
-                    dir.lookup(id);
-                }
-            }
-            dir.reserve(id, record_len as u64)
+            // An explicit warm outranks the policy's guess.
+            dir.reserve(id, record_len as u64, force)
         };
         if evicted.entries > 0 {
             telemetry::add(Counter::CacheEvictions, evicted.entries);

@@ -80,11 +80,6 @@ impl FrequencySketch {
             .min()
             .unwrap_or(0)
     }
-
-    /// Memory held (bytes).
-    pub fn bytes(&self) -> usize {
-        self.rows.len()
-    }
 }
 
 #[cfg(test)]
