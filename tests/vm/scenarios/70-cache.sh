@@ -7,7 +7,7 @@
 
 ADMIN=127.0.0.1:9180
 stat_of() {
-    wget -T 10 -qO- "http://$ADMIN/stats" | tr ',{}' '\n\n\n' | sed -n "s/^\"$1\":\([0-9]*\)$/\1/p"
+    wget -qO- "http://$ADMIN/stats" | tr ',{}' '\n\n\n' | sed -n "s/^\"$1\":\([0-9]*\)$/\1/p"
 }
 
 dd if=/dev/zero of=/tmp/cache.backing bs=1M count=192 2>/dev/null
