@@ -131,6 +131,11 @@ pub struct FileConfig {
     pub prefetch_client_budget: Option<String>,
     pub small_object_size: Option<String>,
     pub admin: Option<SocketAddr>,
+    pub read_only: Option<bool>,
+    pub staging_dir: Option<PathBuf>,
+    pub staging_size: Option<String>,
+    pub upload_delay: Option<String>,
+    pub upload_part_size: Option<String>,
 }
 
 impl FileConfig {
@@ -164,6 +169,8 @@ pub struct Config {
     pub cache: Option<crate::cache::block::CacheConfig>,
     /// Where the admin HTTP endpoint (metrics, stats, warm) listens.
     pub admin: Option<SocketAddr>,
+    /// Write-back; `None` exports read-only.
+    pub write: Option<crate::write::WriteConfig>,
 }
 
 impl Config {
@@ -183,6 +190,23 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "record-bytes-max must be between 64 KiB and 64 MiB".into(),
             ));
+        }
+        if let Some(w) = &self.write {
+            if w.part_bytes < (5 << 20) || w.part_bytes > (5 << 30) {
+                return Err(ConfigError::Invalid(
+                    "upload-part-size must be between 5MiB and 5GiB".into(),
+                ));
+            }
+            if w.staged_bytes_max < (64 << 20) {
+                return Err(ConfigError::Invalid(
+                    "staging-size must be at least 64MiB".into(),
+                ));
+            }
+            if w.upload_delay > Duration::from_secs(24 * 3600) {
+                return Err(ConfigError::Invalid(
+                    "upload-delay must be at most 24h".into(),
+                ));
+            }
         }
         if self.connections_per_worker_max == 0 {
             return Err(ConfigError::Invalid(

@@ -16,3 +16,4 @@ pub mod store;
 pub mod telemetry;
 pub mod tools;
 pub mod vfs;
+pub mod write;

@@ -171,6 +171,30 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     admin: Option<SocketAddr>,
 
+    /// Refuse every change (NFS3ERR_ROFS); without it clients may create, write, rename
+    /// and remove, and the gateway uploads their changes to the store
+    #[arg(long)]
+    read_only: bool,
+
+    /// Where written data waits for upload, with the write journal [default:
+    /// STATE_DIR/staging]. Use a local disk with room for the checkpoints in flight
+    #[arg(long, value_name = "DIR")]
+    staging_dir: Option<PathBuf>,
+
+    /// Bytes of written data waiting for upload past which writes are told to retry later
+    /// (NFS3ERR_JUKEBOX) until uploads catch up [default: 64GiB]
+    #[arg(long, value_name = "BYTES")]
+    staging_size: Option<String>,
+
+    /// Quiet time after a file's last COMMIT (sent on close and fsync) before it is uploaded
+    /// [default: 2s]
+    #[arg(long, value_name = "DURATION")]
+    upload_delay: Option<String>,
+
+    /// Part size of multipart uploads; files up to it go in one PUT [default: 16MiB]
+    #[arg(long, value_name = "BYTES")]
+    upload_part_size: Option<String>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. info, debug, tidegate=trace
     /// [env: TIDEGATE_LOG, then RUST_LOG] [default: info]
     #[arg(long, value_name = "FILTER")]
@@ -291,6 +315,7 @@ fn resolve(args: ServeArgs) -> Result<Config> {
             .unwrap_or(config::DEFAULT_RECORD_BYTES_MAX),
         cache: None,
         admin: None,
+        write: None,
     };
     let mut cache_path = args.cache.or(file.cache);
     let mut cache_size = args.cache_size.or(file.cache_size);
@@ -346,9 +371,29 @@ fn resolve(args: ServeArgs) -> Result<Config> {
             prefetch: Some(prefetch),
         }),
     };
+    let write = if args.read_only || file.read_only.unwrap_or(false) {
+        None
+    } else {
+        let dir = args
+            .staging_dir
+            .or(file.staging_dir)
+            .unwrap_or_else(|| cfg.state_dir.join("staging"));
+        let mut w = tidegate::write::WriteConfig::new(dir);
+        if let Some(s) = args.staging_size.or(file.staging_size) {
+            w.staged_bytes_max = config::parse_bytes(&s)?;
+        }
+        if let Some(s) = args.upload_delay.or(file.upload_delay) {
+            w.upload_delay = config::parse_duration(&s)?;
+        }
+        if let Some(s) = args.upload_part_size.or(file.upload_part_size) {
+            w.part_bytes = config::parse_bytes(&s)?;
+        }
+        Some(w)
+    };
     let cfg = Config {
         cache,
         admin,
+        write,
         ..cfg
     };
     cfg.validate()?;

@@ -45,6 +45,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Handles(#[from] HandleError),
+    #[error("staging: {0}")]
+    Staging(String),
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -120,6 +122,13 @@ impl Server {
             Source::S3(c) => Arc::new(OutageTracking::new(open_s3(c)?, config.store_outage_bound)),
         };
         let handles = HandleTable::open(&config.state_dir, &config.source.describe())?;
+        let write = match &config.write {
+            None => None,
+            Some(w) => Some(Arc::new(
+                crate::write::WriteBack::open(store.clone(), w.clone())
+                    .map_err(|e| ServerError::Staging(e.to_string()))?,
+            )),
+        };
         let cache = match &config.cache {
             None => None,
             Some(c) => {
@@ -154,7 +163,8 @@ impl Server {
                     immutable: config.immutable,
                 }),
             )
-            .with_cache(cache),
+            .with_cache(cache)
+            .with_write(write),
             mounts: MountTable::default(),
             drc: crate::rpc::drc::ReplyCache::default(),
         });
@@ -333,6 +343,15 @@ impl Worker {
         if let Some(cache) = self.services.vfs.cache() {
             cache.init_worker();
         }
+        if let Some(w) = self.services.vfs.write_back() {
+            tokio::task::spawn_local(w.clone().run_uploader(self.shutdown.clone()));
+            let weak = Arc::downgrade(w);
+            crate::telemetry::set_refresher(move || {
+                if let Some(w) = weak.upgrade() {
+                    w.publish_gauges();
+                }
+            });
+        }
         let _ = ready.send(Ok(()));
         drop(ready);
         tracing::debug!(worker = self.index, cpu = ?self.cpu, "worker ready");
@@ -450,6 +469,15 @@ impl Control {
                 }
             }
         }
+        if let Some(w) = self.services.vfs.write_back() {
+            tokio::task::spawn_local(w.clone().run_uploader(self.shutdown.clone()));
+            let weak = Arc::downgrade(w);
+            crate::telemetry::set_refresher(move || {
+                if let Some(w) = weak.upgrade() {
+                    w.publish_gauges();
+                }
+            });
+        }
         let _ = ready.send(Ok(()));
         drop(ready);
         let mut shutdown = self.shutdown.clone();
@@ -460,6 +488,9 @@ impl Control {
                 _ = tick.tick() => {
                     if let Some(c) = self.services.vfs.cache() {
                         c.check_device();
+                    }
+                    if let Some(w) = self.services.vfs.write_back() {
+                        w.publish_gauges();
                     }
                 }
             }

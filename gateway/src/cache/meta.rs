@@ -102,6 +102,30 @@ impl MetaCache {
         m.insert((dir_id, Box::from(name)), Instant::now());
     }
 
+    /// Drop the cached listing of one directory (its content changed).
+    pub fn forget_listing(&self, dir_id: u64) {
+        self.listings
+            .lock()
+            .expect("listing cache poisoned")
+            .remove(&dir_id);
+    }
+
+    /// Drop every cached listing (a directory moved).
+    pub fn forget_listings(&self) {
+        self.listings
+            .lock()
+            .expect("listing cache poisoned")
+            .clear();
+    }
+
+    /// `name` in `dir_id` exists now.
+    pub fn forget_negative(&self, dir_id: u64, name: &str) {
+        self.negative
+            .lock()
+            .expect("negative cache poisoned")
+            .remove(&(dir_id, Box::from(name)));
+    }
+
     pub fn listing(&self, dir_id: u64) -> Option<Arc<Listing>> {
         let l = self.listings.lock().expect("listing cache poisoned");
         l.get(&dir_id)

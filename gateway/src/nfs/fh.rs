@@ -21,7 +21,7 @@ pub fn encode_id(export_id: u32, id: u64, kind: NodeKind) -> [u8; FH_BYTES] {
     fh[0] = MAGIC;
     fh[1] = VERSION;
     fh[2] = match kind {
-        NodeKind::File => 1,
+        NodeKind::File | NodeKind::Symlink => 1,
         NodeKind::Dir => 2,
     };
     fh[4..8].copy_from_slice(&export_id.to_be_bytes());

@@ -10,7 +10,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreFuture};
+use super::{ListPage, ObjectMeta, ObjectStore, PartDone, PosixMeta, StoreError, StoreFuture};
 
 pub struct OutageTracking<S> {
     inner: S,
@@ -99,6 +99,72 @@ impl<S: ObjectStore> ObjectStore for OutageTracking<S> {
             async move { self.observe(self.inner.get_range(key, offset, buf, if_match).await) },
         )
     }
+
+    fn part_bytes_min(&self) -> u64 {
+        self.inner.part_bytes_min()
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        data: Vec<u8>,
+        posix: &'a PosixMeta,
+    ) -> StoreFuture<'a, String> {
+        Box::pin(async move { self.observe(self.inner.put(key, data, posix).await) })
+    }
+
+    fn multipart_start<'a>(
+        &'a self,
+        key: &'a str,
+        posix: &'a PosixMeta,
+    ) -> StoreFuture<'a, String> {
+        Box::pin(async move { self.observe(self.inner.multipart_start(key, posix).await) })
+    }
+
+    fn multipart_part<'a>(
+        &'a self,
+        key: &'a str,
+        upload_id: &'a str,
+        number: u32,
+        data: Vec<u8>,
+    ) -> StoreFuture<'a, String> {
+        Box::pin(async move {
+            self.observe(
+                self.inner
+                    .multipart_part(key, upload_id, number, data)
+                    .await,
+            )
+        })
+    }
+
+    fn multipart_complete<'a>(
+        &'a self,
+        key: &'a str,
+        upload_id: &'a str,
+        parts: &'a [PartDone],
+    ) -> StoreFuture<'a, String> {
+        Box::pin(
+            async move { self.observe(self.inner.multipart_complete(key, upload_id, parts).await) },
+        )
+    }
+
+    fn multipart_abort<'a>(&'a self, key: &'a str, upload_id: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.observe(self.inner.multipart_abort(key, upload_id).await) })
+    }
+
+    fn copy<'a>(
+        &'a self,
+        src: &'a str,
+        dst: &'a str,
+        src_etag: Option<&'a str>,
+        posix: Option<&'a PosixMeta>,
+    ) -> StoreFuture<'a, String> {
+        Box::pin(async move { self.observe(self.inner.copy(src, dst, src_etag, posix).await) })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.observe(self.inner.delete(key).await) })
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +232,76 @@ mod tests {
                 self.inner.get_range(key, offset, buf, if_match).await
             })
         }
+        fn put<'a>(
+            &'a self,
+            key: &'a str,
+            data: Vec<u8>,
+            posix: &'a PosixMeta,
+        ) -> StoreFuture<'a, String> {
+            Box::pin(async move {
+                self.check()?;
+                ObjectStore::put(&self.inner, key, data, posix).await
+            })
+        }
+        fn multipart_start<'a>(
+            &'a self,
+            key: &'a str,
+            posix: &'a PosixMeta,
+        ) -> StoreFuture<'a, String> {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.multipart_start(key, posix).await
+            })
+        }
+        fn multipart_part<'a>(
+            &'a self,
+            key: &'a str,
+            upload_id: &'a str,
+            number: u32,
+            data: Vec<u8>,
+        ) -> StoreFuture<'a, String> {
+            Box::pin(async move {
+                self.check()?;
+                self.inner
+                    .multipart_part(key, upload_id, number, data)
+                    .await
+            })
+        }
+        fn multipart_complete<'a>(
+            &'a self,
+            key: &'a str,
+            upload_id: &'a str,
+            parts: &'a [PartDone],
+        ) -> StoreFuture<'a, String> {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.multipart_complete(key, upload_id, parts).await
+            })
+        }
+        fn multipart_abort<'a>(&'a self, key: &'a str, upload_id: &'a str) -> StoreFuture<'a, ()> {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.multipart_abort(key, upload_id).await
+            })
+        }
+        fn copy<'a>(
+            &'a self,
+            src: &'a str,
+            dst: &'a str,
+            src_etag: Option<&'a str>,
+            posix: Option<&'a PosixMeta>,
+        ) -> StoreFuture<'a, String> {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.copy(src, dst, src_etag, posix).await
+            })
+        }
+        fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+            Box::pin(async move {
+                self.check()?;
+                ObjectStore::delete(&self.inner, key).await
+            })
+        }
     }
 
     #[test]
@@ -196,6 +332,32 @@ mod tests {
                 s.head("k").await,
                 Err(StoreError::Unavailable { .. })
             ));
+        });
+    }
+
+    #[test]
+    fn writes_pass_through_and_count_toward_outages() {
+        let flaky = Flaky {
+            inner: MemoryStore::new(),
+            down: AtomicBool::new(false),
+        };
+        let s = OutageTracking::new(flaky, Duration::from_secs(60));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            crate::store::conformance::writes(&s).await;
+            s.inner.down.store(true, Ordering::Relaxed);
+            let none = PosixMeta::default();
+            assert!(matches!(
+                s.put("k", b"v".to_vec(), &none).await,
+                Err(StoreError::Unavailable { .. })
+            ));
+            assert!(s.outage().is_some());
+            s.inner.down.store(false, Ordering::Relaxed);
+            s.delete("k").await.unwrap();
+            assert!(s.outage().is_none());
         });
     }
 }

@@ -72,6 +72,7 @@
 //! messages are built from S3's error code and message only.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -89,13 +90,14 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, Delete, EncodingType, ObjectIdentifier,
+    CompletedMultipartUpload, CompletedPart, Delete, EncodingType, MetadataDirective,
+    ObjectIdentifier,
 };
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use thiserror::Error;
 
-use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreFuture};
+use super::{ListPage, ObjectMeta, ObjectStore, PartDone, PosixMeta, StoreError, StoreFuture};
 
 /// Attempts per operation, the first one included.
 pub const ATTEMPTS_MAX_DEFAULT: u32 = 4;
@@ -516,13 +518,20 @@ impl S3Store {
         Ok(())
     }
 
-    /// Stores `data` as `key` with one PUT; returns the new ETag.
-    pub async fn put_object(&self, key: &str, data: Vec<u8>) -> Result<String, StoreError> {
+    /// Stores `data` as `key` with one PUT, with `posix` as its user
+    /// metadata; returns the new ETag.
+    pub async fn put_object(
+        &self,
+        key: &str,
+        data: Vec<u8>,
+        posix: &PosixMeta,
+    ) -> Result<String, StoreError> {
         let client = self.client()?;
         let out = client
             .put_object()
             .bucket(&self.shared.bucket)
             .key(self.object_key(key)?)
+            .set_metadata(user_metadata(posix))
             .body(ByteStream::from(data))
             .send()
             .await
@@ -530,13 +539,19 @@ impl S3Store {
         Ok(out.e_tag().map(normalize_etag).unwrap_or_default())
     }
 
-    /// Starts a multipart upload of `key`; returns its upload id.
-    pub async fn create_multipart_upload(&self, key: &str) -> Result<String, StoreError> {
+    /// Starts a multipart upload of `key`, whose object will carry `posix`
+    /// as its user metadata; returns the upload id.
+    pub async fn create_multipart_upload(
+        &self,
+        key: &str,
+        posix: &PosixMeta,
+    ) -> Result<String, StoreError> {
         let client = self.client()?;
         let out = client
             .create_multipart_upload()
             .bucket(&self.shared.bucket)
             .key(self.object_key(key)?)
+            .set_metadata(user_metadata(posix))
             .send()
             .await
             .map_err(|e| self.error("create_multipart", key, e))?;
@@ -605,35 +620,48 @@ impl S3Store {
         Ok(out.e_tag().map(normalize_etag).unwrap_or_default())
     }
 
-    /// Abandons an upload and frees its parts.
+    /// Abandons an upload and frees its parts. An upload S3 does not know
+    /// (already completed or aborted) is not an error.
     pub async fn abort_multipart_upload(
         &self,
         key: &str,
         upload_id: &str,
     ) -> Result<(), StoreError> {
         let client = self.client()?;
-        client
+        let sent = client
             .abort_multipart_upload()
             .bucket(&self.shared.bucket)
             .key(self.object_key(key)?)
             .upload_id(upload_id)
             .send()
-            .await
-            .map_err(|e| self.error("abort_multipart", key, e))?;
-        Ok(())
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(e) if is_no_such_upload(&e) => Ok(()),
+            Err(e) => Err(self.error("abort_multipart", key, e)),
+        }
     }
 
     /// Server-side copy of `src` to `dst` (both relative to the store's
-    /// prefix), pinned to the source's current ETag so that a source changed
-    /// mid-copy fails with [`StoreError::PreconditionFailed`] instead of
-    /// producing a mixed object. Objects over 5 GiB are copied in parts of
-    /// [`COPY_PART_BYTES_DEFAULT`]. Returns the new object's ETag.
-    pub async fn copy_object(&self, src: &str, dst: &str) -> Result<String, StoreError> {
+    /// prefix). With `src_etag`, the copy fails with
+    /// [`StoreError::PreconditionFailed`] unless the source still has that
+    /// ETag. With `posix`, the copy's user metadata is replaced by it;
+    /// without, the source's is kept. Objects over 5 GiB are copied in
+    /// parts of [`COPY_PART_BYTES_DEFAULT`], pinned to the source's ETag so
+    /// that a source changed mid-copy fails instead of producing a mixed
+    /// object. Returns the new object's ETag.
+    pub async fn copy_object(
+        &self,
+        src: &str,
+        dst: &str,
+        src_etag: Option<&str>,
+        posix: Option<&PosixMeta>,
+    ) -> Result<String, StoreError> {
         let source = self.head(src).await?;
         if source.size <= COPY_SINGLE_BYTES_MAX {
-            self.copy_single(&source, dst).await
+            self.copy_single(&source, dst, src_etag, posix).await
         } else {
-            self.copy_multipart(&source, dst, COPY_PART_BYTES_DEFAULT)
+            self.copy_multipart(&source, dst, COPY_PART_BYTES_DEFAULT, src_etag, posix)
                 .await
         }
     }
@@ -647,19 +675,36 @@ impl S3Store {
         src: &str,
         dst: &str,
         part_bytes: u64,
+        src_etag: Option<&str>,
+        posix: Option<&PosixMeta>,
     ) -> Result<String, StoreError> {
         let source = self.head(src).await?;
-        self.copy_multipart(&source, dst, part_bytes).await
+        self.copy_multipart(&source, dst, part_bytes, src_etag, posix)
+            .await
     }
 
-    async fn copy_single(&self, source: &ObjectMeta, dst: &str) -> Result<String, StoreError> {
+    /// One CopyObject. Pinned to `src_etag` only when the caller asks: a
+    /// single copy cannot mix two versions.
+    async fn copy_single(
+        &self,
+        source: &ObjectMeta,
+        dst: &str,
+        src_etag: Option<&str>,
+        posix: Option<&PosixMeta>,
+    ) -> Result<String, StoreError> {
         let client = self.client()?;
-        let out = client
+        let mut req = client
             .copy_object()
             .bucket(&self.shared.bucket)
             .key(self.object_key(dst)?)
             .copy_source(self.copy_source(&source.key)?)
-            .copy_source_if_match(quote_etag(&source.etag))
+            .set_copy_source_if_match(src_etag.map(quote_etag));
+        if let Some(p) = posix {
+            req = req
+                .metadata_directive(MetadataDirective::Replace)
+                .set_metadata(user_metadata(p));
+        }
+        let out = req
             .send()
             .await
             .map_err(|e| self.error("copy", &source.key, e))?;
@@ -675,29 +720,41 @@ impl S3Store {
         source: &ObjectMeta,
         dst: &str,
         part_bytes: u64,
+        src_etag: Option<&str>,
+        posix: Option<&PosixMeta>,
     ) -> Result<String, StoreError> {
         if source.size == 0 {
             // A multipart upload needs at least one non-empty range.
-            return self.copy_single(source, dst).await;
+            return self.copy_single(source, dst, src_etag, posix).await;
         }
+        // Every part comes from the same version: the caller's, or the one
+        // the size was read from.
+        let pinned = quote_etag(src_etag.unwrap_or(&source.etag));
         let ranges = copy_part_ranges(source.size, part_bytes);
         let client = self.client()?;
-        // Carry the source's content type and user metadata over, as a
-        // single CopyObject does.
-        let head = client
-            .head_object()
-            .bucket(&self.shared.bucket)
-            .key(self.object_key(&source.key)?)
-            .if_match(quote_etag(&source.etag))
-            .send()
-            .await
-            .map_err(|e| self.error("head", &source.key, e))?;
-        let created = client
+        let create = client
             .create_multipart_upload()
             .bucket(&self.shared.bucket)
-            .key(self.object_key(dst)?)
-            .set_content_type(head.content_type().map(str::to_owned))
-            .set_metadata(head.metadata().cloned())
+            .key(self.object_key(dst)?);
+        let create = match posix {
+            Some(p) => create.set_metadata(user_metadata(p)),
+            None => {
+                // Carry the source's content type and user metadata over, as
+                // a single CopyObject does.
+                let head = client
+                    .head_object()
+                    .bucket(&self.shared.bucket)
+                    .key(self.object_key(&source.key)?)
+                    .if_match(&pinned)
+                    .send()
+                    .await
+                    .map_err(|e| self.error("head", &source.key, e))?;
+                create
+                    .set_content_type(head.content_type().map(str::to_owned))
+                    .set_metadata(head.metadata().cloned())
+            }
+        };
+        let created = create
             .send()
             .await
             .map_err(|e| self.error("create_multipart", dst, e))?;
@@ -717,7 +774,7 @@ impl S3Store {
                     .part_number(part_number)
                     .copy_source(self.copy_source(&source.key)?)
                     .copy_source_range(range_header(*first, *last))
-                    .copy_source_if_match(quote_etag(&source.etag))
+                    .copy_source_if_match(&pinned)
                     .send()
                     .await
                     .map_err(|e| self.error("upload_part_copy", &source.key, e))?;
@@ -752,14 +809,17 @@ impl S3Store {
     /// Deletes `key`; deleting a missing key succeeds (as in S3).
     pub async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
         let client = self.client()?;
-        client
+        let sent = client
             .delete_object()
             .bucket(&self.shared.bucket)
             .key(self.object_key(key)?)
             .send()
-            .await
-            .map_err(|e| self.error("delete", key, e))?;
-        Ok(())
+            .await;
+        match sent.map_err(|e| self.error("delete", key, e)) {
+            // Some S3-compatible stores answer 404 where S3 answers 204.
+            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes many keys, up to 1000 per request. Fails with the first key
@@ -1050,6 +1110,35 @@ where
     )
 }
 
+/// User metadata for a request (names without the `x-amz-meta-` prefix,
+/// which the SDK adds); `None` when there is nothing to send.
+fn user_metadata(posix: &PosixMeta) -> Option<HashMap<String, String>> {
+    let pairs = posix.to_pairs();
+    (!pairs.is_empty()).then(|| pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+/// POSIX attributes from the user metadata of a HEAD reply.
+fn posix_of(metadata: Option<&HashMap<String, String>>) -> Option<PosixMeta> {
+    PosixMeta::from_pairs(metadata?.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+/// Whether S3 says the multipart upload does not exist (404 NoSuchUpload;
+/// a bare 404 too, unless the bucket is what is missing).
+fn is_no_such_upload<E>(err: &SdkError<E, HttpResponse>) -> bool
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let SdkError::ServiceError(_) = err else {
+        return false;
+    };
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    match err.code() {
+        Some("NoSuchUpload") => true,
+        Some("NoSuchBucket") => false,
+        _ => status == Some(404),
+    }
+}
+
 fn other(op: &'static str, key: &str, message: &str) -> StoreError {
     StoreError::Io {
         op,
@@ -1187,6 +1276,7 @@ impl ObjectStore for S3Store {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 etag: out.e_tag().map(normalize_etag).unwrap_or_default(),
                 mtime: system_time(out.last_modified()),
+                posix: posix_of(out.metadata()),
             })
         })
     }
@@ -1251,6 +1341,7 @@ impl ObjectStore for S3Store {
                     size: o.size().unwrap_or(0).max(0) as u64,
                     etag: o.e_tag().map(normalize_etag).unwrap_or_default(),
                     mtime: system_time(o.last_modified()),
+                    posix: None,
                 });
             }
             for p in out.common_prefixes() {
@@ -1273,6 +1364,85 @@ impl ObjectStore for S3Store {
         if_match: Option<&'a str>,
     ) -> StoreFuture<'a, usize> {
         Box::pin(self.get_range_impl(key, offset, buf, if_match))
+    }
+
+    fn part_bytes_min(&self) -> u64 {
+        PART_BYTES_MIN
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        data: Vec<u8>,
+        posix: &'a PosixMeta,
+    ) -> StoreFuture<'a, String> {
+        Box::pin(self.put_object(key, data, posix))
+    }
+
+    fn multipart_start<'a>(
+        &'a self,
+        key: &'a str,
+        posix: &'a PosixMeta,
+    ) -> StoreFuture<'a, String> {
+        Box::pin(self.create_multipart_upload(key, posix))
+    }
+
+    fn multipart_part<'a>(
+        &'a self,
+        key: &'a str,
+        upload_id: &'a str,
+        number: u32,
+        data: Vec<u8>,
+    ) -> StoreFuture<'a, String> {
+        Box::pin(async move {
+            if !(1..=PARTS_MAX).contains(&u64::from(number)) {
+                return Err(other(
+                    "upload_part",
+                    key,
+                    &format!("part number {number} is not within 1 to {PARTS_MAX}"),
+                ));
+            }
+            let part = self
+                .upload_part(key, upload_id, number as i32, data)
+                .await?;
+            Ok(part.etag)
+        })
+    }
+
+    fn multipart_complete<'a>(
+        &'a self,
+        key: &'a str,
+        upload_id: &'a str,
+        parts: &'a [PartDone],
+    ) -> StoreFuture<'a, String> {
+        Box::pin(async move {
+            let parts: Vec<UploadedPart> = parts
+                .iter()
+                .map(|p| UploadedPart {
+                    part_number: p.number as i32,
+                    etag: p.etag.clone(),
+                })
+                .collect();
+            self.complete_multipart_upload(key, upload_id, &parts).await
+        })
+    }
+
+    fn multipart_abort<'a>(&'a self, key: &'a str, upload_id: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(self.abort_multipart_upload(key, upload_id))
+    }
+
+    fn copy<'a>(
+        &'a self,
+        src: &'a str,
+        dst: &'a str,
+        src_etag: Option<&'a str>,
+        posix: Option<&'a PosixMeta>,
+    ) -> StoreFuture<'a, String> {
+        Box::pin(self.copy_object(src, dst, src_etag, posix))
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(self.delete_object(key))
     }
 }
 

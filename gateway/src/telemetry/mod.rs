@@ -81,6 +81,13 @@ pub enum Counter {
     CacheBypassBytes,
     PrefetchDirSweeps,
     PrefetchSweepFiles,
+    WriteBytes,
+    WriteDelays,
+    UploadObjects,
+    UploadBytes,
+    UploadFailures,
+    StoreCopies,
+    StoreDeletes,
 }
 
 /// Number of [`Counter`] variants.
@@ -88,7 +95,7 @@ pub const COUNTER_COUNT: usize = Counter::ALL.len();
 
 impl Counter {
     /// Every counter, in export order.
-    pub const ALL: [Counter; 33] = [
+    pub const ALL: [Counter; 40] = [
         Counter::CacheHits,
         Counter::CacheMisses,
         Counter::CacheHitBytes,
@@ -122,6 +129,13 @@ impl Counter {
         Counter::CacheBypassBytes,
         Counter::PrefetchDirSweeps,
         Counter::PrefetchSweepFiles,
+        Counter::WriteBytes,
+        Counter::WriteDelays,
+        Counter::UploadObjects,
+        Counter::UploadBytes,
+        Counter::UploadFailures,
+        Counter::StoreCopies,
+        Counter::StoreDeletes,
     ];
 
     /// Prometheus name without the `tidegate_` prefix.
@@ -160,6 +174,13 @@ impl Counter {
             Counter::CacheBypassBytes => "cache_bypass_bytes_total",
             Counter::PrefetchDirSweeps => "prefetch_dir_sweeps_total",
             Counter::PrefetchSweepFiles => "prefetch_sweep_files_total",
+            Counter::WriteBytes => "write_bytes_total",
+            Counter::WriteDelays => "write_delays_total",
+            Counter::UploadObjects => "upload_objects_total",
+            Counter::UploadBytes => "upload_bytes_total",
+            Counter::UploadFailures => "upload_failures_total",
+            Counter::StoreCopies => "store_copies_total",
+            Counter::StoreDeletes => "store_deletes_total",
         }
     }
 
@@ -211,6 +232,15 @@ impl Counter {
                 "Directory sweeps started (many files of one directory read by one client)."
             }
             Counter::PrefetchSweepFiles => "Files fetched ahead by directory sweeps.",
+            Counter::WriteBytes => "Bytes written by NFS WRITE into staging.",
+            Counter::WriteDelays => "Writes answered JUKEBOX because staging reached its bound.",
+            Counter::UploadObjects => "Store updates finished (uploads, copies, markers, deletes).",
+            Counter::UploadBytes => "Bytes of staged files uploaded to the store.",
+            Counter::UploadFailures => "Store updates that failed and will be retried.",
+            Counter::StoreCopies => {
+                "Server-side copies sent to the store (renames of uploaded files)."
+            }
+            Counter::StoreDeletes => "Deletes sent to the store.",
         }
     }
 
@@ -230,6 +260,11 @@ pub enum Gauge {
     CacheMemoryBytes,
     PrefetchInFlightBytes,
     PrefetchStreams,
+    UploadPendingFiles,
+    UploadPendingBytes,
+    UploadPendingKeys,
+    UploadOldestPendingSeconds,
+    StagedBytes,
 }
 
 /// Number of [`Gauge`] variants.
@@ -237,7 +272,7 @@ pub const GAUGE_COUNT: usize = Gauge::ALL.len();
 
 impl Gauge {
     /// Every gauge, in export order.
-    pub const ALL: [Gauge; 8] = [
+    pub const ALL: [Gauge; 13] = [
         Gauge::CacheBytesCached,
         Gauge::CacheBytesCapacity,
         Gauge::CacheEntries,
@@ -246,6 +281,11 @@ impl Gauge {
         Gauge::CacheMemoryBytes,
         Gauge::PrefetchInFlightBytes,
         Gauge::PrefetchStreams,
+        Gauge::UploadPendingFiles,
+        Gauge::UploadPendingBytes,
+        Gauge::UploadPendingKeys,
+        Gauge::UploadOldestPendingSeconds,
+        Gauge::StagedBytes,
     ];
 
     /// Prometheus name without the `tidegate_` prefix.
@@ -259,6 +299,11 @@ impl Gauge {
             Gauge::CacheMemoryBytes => "cache_memory_bytes",
             Gauge::PrefetchInFlightBytes => "prefetch_in_flight_bytes",
             Gauge::PrefetchStreams => "prefetch_streams",
+            Gauge::UploadPendingFiles => "upload_pending_files",
+            Gauge::UploadPendingBytes => "upload_pending_bytes",
+            Gauge::UploadPendingKeys => "upload_pending_keys",
+            Gauge::UploadOldestPendingSeconds => "upload_oldest_pending_seconds",
+            Gauge::StagedBytes => "staged_bytes",
         }
     }
 
@@ -273,6 +318,15 @@ impl Gauge {
             Gauge::CacheMemoryBytes => "Bytes of blocks held in the memory tier.",
             Gauge::PrefetchInFlightBytes => "Bytes of prefetch fetches in flight.",
             Gauge::PrefetchStreams => "Read streams being tracked.",
+            Gauge::UploadPendingFiles => "Files whose data the store does not have yet.",
+            Gauge::UploadPendingBytes => "Bytes of staged files not yet uploaded.",
+            Gauge::UploadPendingKeys => {
+                "Keys the store does not match yet (files, directories, links, deletes)."
+            }
+            Gauge::UploadOldestPendingSeconds => {
+                "Age of the oldest change not yet in the store, in seconds."
+            }
+            Gauge::StagedBytes => "Bytes held in staging files awaiting upload.",
         }
     }
 
@@ -526,7 +580,21 @@ fn snapshot_of(values: &Values, latencies: &latency::Registry) -> Snapshot {
 /// Read every metric. Takes each recording thread's histogram lock
 /// briefly, one at a time; call it from a control thread, not a data core.
 pub fn snapshot() -> Snapshot {
+    if let Some(f) = REFRESH.lock().expect("refresher poisoned").as_ref() {
+        f();
+    }
     snapshot_of(&VALUES, &LATENCIES)
+}
+
+type Refresher = Box<dyn Fn() + Send>;
+
+/// Called before every snapshot to bring gauges up to date.
+static REFRESH: std::sync::Mutex<Option<Refresher>> = std::sync::Mutex::new(None);
+
+/// Have `f` refresh gauges before each snapshot (one refresher per
+/// process; a later call replaces an earlier one).
+pub fn set_refresher(f: impl Fn() + Send + 'static) {
+    *REFRESH.lock().expect("refresher poisoned") = Some(Box::new(f));
 }
 
 #[cfg(test)]

@@ -30,6 +30,29 @@ pub enum FsError {
     NotSupported,
     #[error("directory has more than {0} entries")]
     TooManyEntries(usize),
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("busy: staging is full or the journal is at its bound; try again")]
+    Delay,
+    #[error("file too large")]
+    TooBig,
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("attributes changed since the guard was read")]
+    NotSync,
+    #[error("too large to rename in place")]
+    CrossDevice,
+    #[error("{op} {path}: {source}")]
+    Local {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Journal(#[from] crate::write::JournalError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("{0}")]

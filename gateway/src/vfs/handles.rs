@@ -64,6 +64,9 @@ fn db_err(e: impl Into<redb::Error>) -> HandleError {
 pub enum NodeKind {
     File,
     Dir,
+    /// Only in attributes: keys name files or directories, and a file
+    /// whose metadata says so is a symbolic link.
+    Symlink,
 }
 
 /// A named node: its id and its key in the store.
@@ -381,6 +384,93 @@ impl HandleTable {
             .collect())
     }
 
+    /// After a rename: `id` now names `new_key`, and every node below it
+    /// (for a directory, keys starting with its old key) moves along, so
+    /// the handles clients hold keep naming the same files. Whatever id
+    /// `new_key` (or a moved descendant's new key) had before is
+    /// forgotten: those handles become stale, as they should once their
+    /// file is replaced. Committed durably: a rebound id cannot be derived
+    /// again from its key after a crash.
+    pub fn rebind(&self, id: u64, old_key: &str, new_key: &str) -> Result<(), HandleError> {
+        let mut moved: Vec<(u64, String, String)> = Vec::new();
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut ids = tx.open_table(IDS).map_err(db_err)?;
+            let mut keys = tx.open_table(KEYS).map_err(db_err)?;
+            moved.push((id, old_key.to_string(), new_key.to_string()));
+            if kind_of(old_key) == NodeKind::Dir && !old_key.is_empty() {
+                for row in keys.range(old_key..).map_err(db_err)? {
+                    let (k, v) = row.map_err(db_err)?;
+                    let k = k.value();
+                    if !k.starts_with(old_key) {
+                        break;
+                    }
+                    if k == old_key {
+                        continue;
+                    }
+                    let nk = format!("{new_key}{}", &k[old_key.len()..]);
+                    moved.push((v.value(), k.to_string(), nk));
+                }
+            }
+            for (_, ok, _) in &moved {
+                keys.remove(ok.as_str()).map_err(db_err)?;
+            }
+            for (mid, _, nk) in &moved {
+                if let Some(prev) = keys.insert(nk.as_str(), *mid).map_err(db_err)? {
+                    let prev = prev.value();
+                    if prev != *mid {
+                        ids.remove(prev).map_err(db_err)?;
+                    }
+                }
+                ids.insert(*mid, nk.as_str()).map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        self.dirty.store(false, Ordering::Relaxed);
+        let mut by_id = self.by_id.write().expect("handle cache poisoned");
+        let mut by_key = self.by_key.write().expect("handle cache poisoned");
+        for (mid, ok, nk) in moved {
+            by_key.remove(ok.as_str());
+            if let Some(prev) = by_key.get(nk.as_str()).copied() {
+                if prev != mid {
+                    by_id.remove(&prev);
+                }
+            }
+            let node = Arc::new(Node {
+                id: mid,
+                key: Arc::from(nk.as_str()),
+            });
+            by_key.insert(node.key.clone(), mid);
+            by_id.insert(mid, node);
+        }
+        Ok(())
+    }
+
+    /// `key` no longer names anything: its id is forgotten, and handles
+    /// holding it answer stale.
+    pub fn forget(&self, key: &str) -> Result<(), HandleError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        let mut gone = None;
+        {
+            let mut ids = tx.open_table(IDS).map_err(db_err)?;
+            let mut keys = tx.open_table(KEYS).map_err(db_err)?;
+            let removed = keys.remove(key).map_err(db_err)?.map(|v| v.value());
+            if let Some(id) = removed {
+                ids.remove(id).map_err(db_err)?;
+                gone = Some(id);
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        self.dirty.store(false, Ordering::Relaxed);
+        let mut by_id = self.by_id.write().expect("handle cache poisoned");
+        let mut by_key = self.by_key.write().expect("handle cache poisoned");
+        by_key.remove(key);
+        if let Some(id) = gone {
+            by_id.remove(&id);
+        }
+        Ok(())
+    }
+
     /// Make every recorded id durable.
     pub fn flush(&self) -> Result<(), HandleError> {
         if !self.dirty.swap(false, Ordering::Relaxed) {
@@ -395,6 +485,29 @@ impl HandleTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rebind_moves_a_directory_and_its_children() {
+        let t = tempfile::tempdir().unwrap();
+        let h = HandleTable::open(t.path(), "src").unwrap();
+        let n = h.ensure(&["a/", "a/x", "a/b/", "a/b/y", "c"]).unwrap();
+        let ids: Vec<u64> = n.iter().map(|n| n.id).collect();
+        h.rebind(ids[0], "a/", "z/").unwrap();
+        assert_eq!(&*h.get(ids[1]).unwrap().unwrap().key, "z/x");
+        assert_eq!(&*h.get(ids[3]).unwrap().unwrap().key, "z/b/y");
+        // A file renamed over another: the target's old id goes stale.
+        h.rebind(ids[1], "z/x", "c").unwrap();
+        assert!(h.get(ids[4]).unwrap().is_none());
+        assert_eq!(h.ensure(&["c"]).unwrap()[0].id, ids[1]);
+        drop(h);
+        let h = HandleTable::open(t.path(), "src").unwrap();
+        assert_eq!(&*h.get(ids[3]).unwrap().unwrap().key, "z/b/y");
+        assert_eq!(&*h.get(ids[1]).unwrap().unwrap().key, "c");
+        assert!(h.get(ids[4]).unwrap().is_none());
+        h.forget("c").unwrap();
+        assert!(h.get(ids[1]).unwrap().is_none());
+        assert_ne!(h.ensure(&["c"]).unwrap()[0].id, ids[1]);
+    }
 
     #[test]
     fn keys_and_parents() {

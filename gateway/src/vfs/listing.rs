@@ -137,6 +137,8 @@ pub struct ListingState {
     /// Keys hidden by the naming rules.
     pub hidden_keys: u64,
     pub touched: Instant,
+    /// The last key suffix the store listed so far.
+    pub listed_upto: Option<Box<str>>,
     /// Where each appended page starts in `entries` and when it was
     /// fetched: how old what a listing says about an entry is.
     pages: Vec<(usize, Instant)>,
@@ -152,6 +154,7 @@ impl Default for ListingState {
             complete: false,
             hidden_keys: 0,
             touched: Instant::now(),
+            listed_upto: None,
             pages: Vec::new(),
         }
     }
@@ -171,6 +174,9 @@ impl ListingState {
     ) {
         self.started = true;
         self.hidden_keys += hidden;
+        if let Some(l) = last_suffix {
+            self.listed_upto = Some(l.into());
+        }
         // Entries removed from the unresolved tail below can make a later
         // entry look one page older than it is: never younger.
         self.pages.push((self.entries.len(), Instant::now()));

@@ -13,6 +13,9 @@
 pub mod error;
 pub mod handles;
 pub mod listing;
+mod mutate;
+
+pub use mutate::{CreateHow, Cred, SetAttrs, TimeSet};
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -27,6 +30,7 @@ pub use listing::{DirEntry, Found, ListedEtag, ListingState};
 use crate::cache::block::{BlockCache, Piece};
 use crate::cache::meta::MetaCache;
 use crate::store::{ObjectStore, StoreError, LIST_PAGE_KEYS_MAX};
+use crate::write::{Data as WData, Kind as WKind, Record, WriteBack};
 
 /// Longest name component accepted (bytes).
 pub const NAME_BYTES_MAX: usize = 255;
@@ -41,6 +45,71 @@ pub struct Attr {
     pub size: u64,
     pub mtime: SystemTime,
     pub etag: Option<Arc<str>>,
+    /// Permission bits (07777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: SystemTime,
+    pub ctime: SystemTime,
+}
+
+/// Permission bits of objects that carry none.
+pub const FILE_MODE_DEFAULT: u32 = 0o644;
+/// Permission bits of directories that carry none.
+pub const DIR_MODE_DEFAULT: u32 = 0o755;
+/// `st_mode` file-type bits as kept in object metadata.
+const S_IFMT: u32 = 0o170000;
+const S_IFLNK: u32 = 0o120000;
+
+impl Attr {
+    /// Attributes of a store object or prefix with no metadata.
+    pub fn plain(
+        fileid: u64,
+        kind: NodeKind,
+        size: u64,
+        mtime: SystemTime,
+        etag: Option<Arc<str>>,
+    ) -> Attr {
+        Attr {
+            fileid,
+            kind,
+            size,
+            mtime,
+            etag,
+            mode: if kind == NodeKind::Dir {
+                DIR_MODE_DEFAULT
+            } else {
+                FILE_MODE_DEFAULT
+            },
+            uid: 0,
+            gid: 0,
+            atime: mtime,
+            ctime: mtime,
+        }
+    }
+
+    /// Apply what an object's metadata says (HEAD).
+    pub fn with_posix(mut self, p: Option<&crate::store::PosixMeta>) -> Attr {
+        let Some(p) = p else { return self };
+        if let Some(m) = p.mode {
+            self.mode = m & 0o7777;
+            if m & S_IFMT == S_IFLNK && self.kind == NodeKind::File {
+                self.kind = NodeKind::Symlink;
+            }
+        }
+        if let Some(u) = p.uid {
+            self.uid = u;
+        }
+        if let Some(g) = p.gid {
+            self.gid = g;
+        }
+        if let Some(t) = p.mtime_ns {
+            self.mtime = crate::write::time_of_ns(t);
+            self.atime = self.mtime;
+            self.ctime = self.mtime;
+        }
+        self
+    }
 }
 
 /// A directory listing shared by every reader of the directory: the state
@@ -85,6 +154,10 @@ pub struct Vfs {
     handles: HandleTable,
     meta: MetaCache,
     cache: Option<Arc<BlockCache>>,
+    /// Write-back; `None` exports read-only.
+    write: Option<Arc<WriteBack>>,
+    /// One copy of a store object into a staging file at a time.
+    copy_up: tokio::sync::Mutex<()>,
 }
 
 fn not_found_is_stale(e: StoreError) -> FsError {
@@ -101,7 +174,24 @@ impl Vfs {
             handles,
             meta,
             cache: None,
+            write: None,
+            copy_up: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Accept writes through `write`.
+    pub fn with_write(self, write: Option<Arc<WriteBack>>) -> Self {
+        Self { write, ..self }
+    }
+
+    pub fn write_back(&self) -> Option<&Arc<WriteBack>> {
+        self.write.as_ref()
+    }
+
+    /// The overlay's record of `key`, when there is a non-empty overlay.
+    fn overlay(&self, key: &str) -> Option<Record> {
+        let w = self.write.as_ref()?;
+        w.get(key)
     }
 
     /// Serve file data through a block cache.
@@ -131,13 +221,13 @@ impl Vfs {
     }
 
     fn dir_attr(&self, id: u64) -> Attr {
-        Attr {
-            fileid: id,
-            kind: NodeKind::Dir,
-            size: 4096,
-            mtime: self.handles.identity().created,
-            etag: None,
-        }
+        Attr::plain(
+            id,
+            NodeKind::Dir,
+            4096,
+            self.handles.identity().created,
+            None,
+        )
     }
 
     /// Whether a directory still exists. A fresh listing of its parent that
@@ -147,6 +237,9 @@ impl Vfs {
     async fn dir_exists(&self, dir: &Node) -> FsResult<bool> {
         if dir.id == handles::ROOT_ID {
             return Ok(true);
+        }
+        if let Some(r) = self.overlay(&dir.key) {
+            return Ok(r.kind == WKind::Dir);
         }
         if let Some(parent_id) = self.handles.cached_id(dir.parent_key()) {
             if let Some(l) = self.meta.listing(parent_id) {
@@ -163,6 +256,12 @@ impl Vfs {
 
     /// Current attributes; `Stale` when the object is gone.
     pub async fn getattr(&self, node: &Node) -> FsResult<Attr> {
+        if let Some(r) = self.overlay(&node.key) {
+            return match r.kind {
+                WKind::Gone => Err(FsError::Stale),
+                _ => Ok(self.record_attr(node.id, &r)),
+            };
+        }
         if let Some(a) = self.meta.attr(node.id) {
             return Ok(a);
         }
@@ -179,14 +278,16 @@ impl Vfs {
                     .head(&node.key)
                     .await
                     .map_err(not_found_is_stale)?;
-                Attr {
-                    fileid: node.id,
-                    kind: NodeKind::File,
-                    size: m.size,
-                    mtime: m.mtime,
-                    etag: Some(Arc::from(m.etag)),
-                }
+                Attr::plain(
+                    node.id,
+                    NodeKind::File,
+                    m.size,
+                    m.mtime,
+                    Some(Arc::from(m.etag)),
+                )
+                .with_posix(m.posix.as_ref())
             }
+            NodeKind::Symlink => return Err(FsError::Stale),
         };
         self.meta.put_attr(attr.clone());
         Ok(attr)
@@ -208,13 +309,35 @@ impl Vfs {
             let attr = self.getattr(&node).await?;
             return Ok((node, attr));
         }
+        let (mut mask_dir, mut mask_file) = (false, false);
+        if self.write.as_ref().is_some_and(|w| !w.is_empty()) {
+            let dk = format!("{}{name}/", dir.key);
+            let fk = format!("{}{name}", dir.key);
+            for key in [dk, fk] {
+                match self.overlay(&key) {
+                    Some(r) if r.kind == WKind::Gone => {
+                        if key.ends_with('/') {
+                            mask_dir = true;
+                        } else {
+                            mask_file = true;
+                        }
+                    }
+                    Some(r) => {
+                        let node = self.node_for(&key, r.id)?;
+                        let attr = self.record_attr(node.id, &r);
+                        return Ok((node, attr));
+                    }
+                    None => {}
+                }
+            }
+        }
         if let Some(listing) = self.meta.listing(dir.id) {
             let st = listing.state();
             let dir_suffix = format!("{name}/");
             match (st.find(&dir_suffix), st.find(name)) {
                 (Found::Entry(e), _) | (Found::Absent, Found::Entry(e)) => {
                     let id = e.id;
-                    let mut attr = self.entry_attr(e);
+                    let mut attr = self.entry_attr(&dir.key, e);
                     attr.etag = e.etag.as_ref().map(ListedEtag::to_arc);
                     let listed_at = st.fetched_at(&e.suffix);
                     drop(st);
@@ -238,23 +361,27 @@ impl Vfs {
             return Err(FsError::NotFound);
         }
         let dir_key = format!("{}{name}/", dir.key);
-        if self.store.prefix_exists(&dir_key).await? {
+        if !mask_dir && self.store.prefix_exists(&dir_key).await? {
             let node = self.handles.ensure(&[dir_key])?.remove(0);
             let attr = self.dir_attr(node.id);
             self.meta.put_attr(attr.clone());
             return Ok((node, attr));
         }
         let file_key = format!("{}{name}", dir.key);
+        if mask_file {
+            return Err(FsError::NotFound);
+        }
         match self.store.head(&file_key).await {
             Ok(m) => {
                 let node = self.handles.ensure(&[file_key])?.remove(0);
-                let attr = Attr {
-                    fileid: node.id,
-                    kind: NodeKind::File,
-                    size: m.size,
-                    mtime: m.mtime,
-                    etag: Some(Arc::from(m.etag)),
-                };
+                let attr = Attr::plain(
+                    node.id,
+                    NodeKind::File,
+                    m.size,
+                    m.mtime,
+                    Some(Arc::from(m.etag)),
+                )
+                .with_posix(m.posix.as_ref());
                 self.meta.put_attr(attr.clone());
                 Ok((node, attr))
             }
@@ -267,18 +394,19 @@ impl Vfs {
     }
 
     /// Attributes of a listing entry.
-    pub fn entry_attr(&self, e: &DirEntry) -> Attr {
+    pub fn entry_attr(&self, dir_key: &str, e: &DirEntry) -> Attr {
+        if self.write.as_ref().is_some_and(|w| !w.is_empty()) {
+            if let Some(r) = self.overlay(&format!("{dir_key}{}", e.suffix)) {
+                if r.kind != WKind::Gone {
+                    return self.record_attr(e.id, &r);
+                }
+            }
+        }
         match e.kind() {
             NodeKind::Dir => self.dir_attr(e.id),
-            NodeKind::File => Attr {
-                fileid: e.id,
-                kind: NodeKind::File,
-                size: e.size,
-                mtime: e.mtime,
-                // What the listing knows of the version stays there until
-                // a LOOKUP needs it: READDIRPLUS replies carry no ETag.
-                etag: None,
-            },
+            // What the listing knows of the version stays there until a
+            // LOOKUP needs it: READDIRPLUS replies carry no ETag.
+            kind => Attr::plain(e.id, kind, e.size, e.mtime, None),
         }
     }
 
@@ -294,6 +422,9 @@ impl Vfs {
             return Err(FsError::IsDir);
         }
         let attr = self.getattr(node).await?;
+        if let Some(r) = self.overlay(&node.key) {
+            return self.read_record(&r, attr, offset, buf).await;
+        }
         if offset >= attr.size || buf.is_empty() {
             return Ok((0, offset >= attr.size, attr));
         }
@@ -347,6 +478,38 @@ impl Vfs {
             Ok(a) => a,
             Err(e) => return Some(Err(e)),
         };
+        if let Some(r) = self.overlay(&node.key) {
+            let WData::Remote { src, etag } = &r.data else {
+                // Staged data (or not a file): the plain read path.
+                return None;
+            };
+            if r.kind != WKind::File {
+                return None;
+            }
+            if offset >= r.size || count == 0 {
+                return Some(Ok((Vec::new(), 0, offset >= r.size, attr)));
+            }
+            let want = (r.size - offset).min(count as u64) as usize;
+            let etag: Arc<str> = Arc::from(etag.as_str());
+            return Some(
+                match cache
+                    .read(
+                        &self.store,
+                        src,
+                        &etag,
+                        r.size,
+                        offset,
+                        want,
+                        client,
+                        node.id,
+                    )
+                    .await
+                {
+                    Ok(pieces) => Ok((pieces, want, offset + want as u64 >= r.size, attr)),
+                    Err(e) => Err(self.remote_failed(src, e)),
+                },
+            );
+        }
         for attempt in 0..2 {
             if offset >= attr.size || count == 0 {
                 return Some(Ok((Vec::new(), 0, offset >= attr.size, attr)));
@@ -451,8 +614,9 @@ impl Vfs {
             {
                 return Ok(());
             }
-            st.next_token.clone()
+            (st.next_token.clone(), st.listed_upto.clone())
         };
+        let (token, listed_upto) = token;
         let page = self
             .store
             .list(&dir.key, token.as_deref(), LIST_PAGE_KEYS_MAX)
@@ -509,6 +673,12 @@ impl Vfs {
                 etag,
             })
             .collect();
+        let upto = if page.next_token.is_some() {
+            last
+        } else {
+            None
+        };
+        let entries = self.merge_overlay(&dir.key, entries, listed_upto.as_deref(), upto)?;
         let mut st = listing.state.write().expect("listing poisoned");
         if st.entries.len() + entries.len() > DIR_ENTRIES_MAX {
             return Err(FsError::TooManyEntries(DIR_ENTRIES_MAX));

@@ -1,8 +1,11 @@
 //! NFS version 3 (RFC 1813), program 100003.
 //!
 //! Each procedure: decode arguments (borrowing from the record), resolve
-//! handles, call the vfs, encode the result into the reply buffer. Write
-//! procedures answer NFS3ERR_ROFS with empty weak cache consistency data.
+//! handles, call the vfs, encode the result into the reply buffer. The
+//! procedures that change things are in [`write`]; without write-back they
+//! answer NFS3ERR_ROFS.
+
+mod write;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,9 +30,17 @@ const DTPREF: u32 = 64 * 1024;
 
 // nfsstat3 values.
 const NFS3_OK: u32 = 0;
+const NFS3ERR_PERM: u32 = 1;
 const NFS3ERR_IO: u32 = 5;
 const NFS3ERR_NOENT: u32 = 2;
 const NFS3ERR_ACCES: u32 = 13;
+const NFS3ERR_EXIST: u32 = 17;
+const NFS3ERR_XDEV: u32 = 18;
+const NFS3ERR_FBIG: u32 = 27;
+const NFS3ERR_NOSPC: u32 = 28;
+const NFS3ERR_DQUOT: u32 = 69;
+const NFS3ERR_NOTEMPTY: u32 = 66;
+const NFS3ERR_NOT_SYNC: u32 = 10002;
 const NFS3ERR_NOTDIR: u32 = 20;
 const NFS3ERR_ISDIR: u32 = 21;
 const NFS3ERR_INVAL: u32 = 22;
@@ -62,6 +73,21 @@ pub fn status_of(e: &FsError) -> u32 {
         FsError::ReadOnly => NFS3ERR_ROFS,
         FsError::NotSupported => NFS3ERR_NOTSUPP,
         FsError::TooManyEntries(_) => NFS3ERR_IO,
+        FsError::Exists => NFS3ERR_EXIST,
+        FsError::NotEmpty => NFS3ERR_NOTEMPTY,
+        FsError::Delay => NFS3ERR_JUKEBOX,
+        FsError::TooBig => NFS3ERR_FBIG,
+        FsError::Invalid(_) => NFS3ERR_INVAL,
+        FsError::NotSync => NFS3ERR_NOT_SYNC,
+        FsError::CrossDevice => NFS3ERR_XDEV,
+        FsError::Local { source, .. } => match source.raw_os_error() {
+            Some(libc::ENOSPC) => NFS3ERR_NOSPC,
+            Some(libc::EDQUOT) => NFS3ERR_DQUOT,
+            Some(libc::EFBIG) => NFS3ERR_FBIG,
+            Some(libc::EPERM) => NFS3ERR_PERM,
+            _ => NFS3ERR_IO,
+        },
+        FsError::Journal(_) => NFS3ERR_IO,
         FsError::Store(StoreError::NotFound { .. }) => NFS3ERR_NOENT,
         FsError::Store(StoreError::InvalidKey { .. }) => NFS3ERR_INVAL,
         FsError::Store(StoreError::Io { .. }) => NFS3ERR_IO,
@@ -95,17 +121,22 @@ fn nfstime(e: &mut Encoder<'_>, t: SystemTime) {
 const FATTR3_BYTES: usize = 84;
 
 fn fattr3(e: &mut Encoder<'_>, fsid: u64, a: &Attr) {
-    let (ftype, mode, nlink) = match a.kind {
-        NodeKind::File => (1u32, 0o644u32, 1u32),
-        NodeKind::Dir => (2, 0o755, 2),
+    let (ftype, nlink) = match a.kind {
+        NodeKind::File => (1u32, 1u32),
+        NodeKind::Dir => (2, 2),
+        NodeKind::Symlink => (5, 1),
     };
-    e.u32(ftype).u32(mode).u32(nlink).u32(0).u32(0);
+    e.u32(ftype)
+        .u32(a.mode & 0o7777)
+        .u32(nlink)
+        .u32(a.uid)
+        .u32(a.gid);
     e.u64(a.size).u64(a.size.div_ceil(4096) * 4096);
     e.u32(0).u32(0); // rdev
     e.u64(fsid).u64(a.fileid);
-    nfstime(e, a.mtime); // atime: objects have none; mtime is the best answer
+    nfstime(e, a.atime);
     nfstime(e, a.mtime);
-    nfstime(e, a.mtime);
+    nfstime(e, a.ctime);
 }
 
 fn post_op_attr(e: &mut Encoder<'_>, fsid: u64, a: Option<&Attr>) {
@@ -158,56 +189,32 @@ pub async fn dispatch(
     let r = match proc_num {
         0 => Ok(()),
         1 => getattr(&ctx, &mut d, out).await,
-        2 => rofs(&mut d, out, 1), // SETATTR: wcc_data
+        2 => write::setattr(&ctx, &mut d, out).await,
         3 => lookup(&ctx, &mut d, out).await,
         4 => access(&ctx, &mut d, out).await,
-        5 => readlink(&ctx, &mut d, out).await,
+        5 => write::readlink(&ctx, &mut d, out).await,
         6 => read(&ctx, &mut d, out).await,
-        7 => rofs(&mut d, out, 1),    // WRITE
-        8 => rofs(&mut d, out, 1),    // CREATE
-        9 => rofs(&mut d, out, 1),    // MKDIR
-        10 => rofs(&mut d, out, 1),   // SYMLINK
-        11 => rofs(&mut d, out, 1),   // MKNOD
-        12 => rofs(&mut d, out, 1),   // REMOVE
-        13 => rofs(&mut d, out, 1),   // RMDIR
-        14 => rofs(&mut d, out, 2),   // RENAME: two wcc_data
-        15 => rofs_link(&mut d, out), // LINK
+        7 => write::write(&ctx, &mut d, out).await,
+        8 => write::create(&ctx, &mut d, out).await,
+        9 => write::mkdir(&ctx, &mut d, out).await,
+        10 => write::symlink(&ctx, &mut d, out).await,
+        11 => write::mknod(&ctx, &mut d, out).await,
+        12 => write::remove(&ctx, &mut d, out, false).await,
+        13 => write::remove(&ctx, &mut d, out, true).await,
+        14 => write::rename(&ctx, &mut d, out).await,
+        15 => write::link(&ctx, &mut d, out).await,
         16 => readdir(&ctx, &mut d, out).await,
         17 => readdirplus(&ctx, &mut d, out).await,
         18 => fsstat(&ctx, &mut d, out).await,
         19 => fsinfo(&ctx, &mut d, out).await,
         20 => pathconf(&ctx, &mut d, out).await,
-        21 => rofs(&mut d, out, 1), // COMMIT
+        21 => write::commit(&ctx, &mut d, out).await,
         _ => return ProcOutcome::ProcUnavail,
     };
     match r {
         Ok(()) => ProcOutcome::Done,
         Err(_) => ProcOutcome::GarbageArgs,
     }
-}
-
-/// Write procedures on a read-only export: the status and `wcc` empty
-/// wcc_data structures (pre_op_attr and post_op_attr both absent).
-fn rofs(d: &mut Decoder<'_>, out: &mut Vec<u8>, wcc: usize) -> XdrResult<()> {
-    // Every write procedure starts with a handle; check at least that.
-    handle_arg(d)?;
-    let mut e = Encoder::new(out);
-    e.u32(NFS3ERR_ROFS);
-    for _ in 0..wcc {
-        e.bool(false).bool(false);
-    }
-    Ok(())
-}
-
-fn rofs_link(d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrResult<()> {
-    handle_arg(d)?;
-    // LINK3resfail: post_op_attr file_attributes, wcc_data linkdir_wcc.
-    Encoder::new(out)
-        .u32(NFS3ERR_ROFS)
-        .bool(false)
-        .bool(false)
-        .bool(false);
-    Ok(())
 }
 
 async fn getattr(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrResult<()> {
@@ -272,10 +279,7 @@ async fn access(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> Xd
     let mut e = Encoder::new(out);
     match r {
         Ok(a) => {
-            let allowed = match a.kind {
-                NodeKind::File => ACCESS3_READ,
-                NodeKind::Dir => ACCESS3_READ | ACCESS3_LOOKUP | ACCESS3_EXECUTE,
-            };
+            let allowed = access_bits(&a, ctx.call.auth, ctx.call.vfs.write_back().is_some());
             e.u32(NFS3_OK);
             post_op_attr(&mut e, ctx.fsid, Some(&a));
             e.u32(want & allowed);
@@ -288,25 +292,48 @@ async fn access(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> Xd
     Ok(())
 }
 
-async fn readlink(ctx: &Ctx<'_, '_>, d: &mut Decoder<'_>, out: &mut Vec<u8>) -> XdrResult<()> {
-    let h = handle_arg(d)?;
-    let r = async {
-        let n = ctx.node(h)?;
-        ctx.call.vfs.getattr(&n).await
+/// What ACCESS grants: the mode bits for the caller (owner, group or
+/// other; root may read and write anything and execute what anyone may),
+/// write bits only on a writable export.
+fn access_bits(a: &Attr, auth: &crate::rpc::msg::Auth, writable: bool) -> u32 {
+    const ACCESS3_MODIFY: u32 = 0x04;
+    const ACCESS3_EXTEND: u32 = 0x08;
+    const ACCESS3_DELETE: u32 = 0x10;
+    let (uid, gid, gids): (u32, u32, &[u32]) = match auth {
+        crate::rpc::msg::Auth::Sys(s) => (s.uid, s.gid, &s.gids),
+        crate::rpc::msg::Auth::None => (65534, 65534, &[]),
+    };
+    let m = a.mode;
+    let (r, w, x) = if uid == 0 {
+        (true, true, m & 0o111 != 0 || a.kind == NodeKind::Dir)
+    } else {
+        let bits = if uid == a.uid {
+            (m >> 6) & 7
+        } else if gid == a.gid || gids.contains(&a.gid) {
+            (m >> 3) & 7
+        } else {
+            m & 7
+        };
+        (bits & 4 != 0, bits & 2 != 0, bits & 1 != 0)
+    };
+    let mut allowed = 0;
+    if r {
+        allowed |= ACCESS3_READ;
     }
-    .await;
-    let mut e = Encoder::new(out);
-    match r {
-        // Nothing in this namespace is a symlink yet.
-        Ok(a) => {
-            e.u32(NFS3ERR_INVAL);
-            post_op_attr(&mut e, ctx.fsid, Some(&a));
-        }
-        Err(err) => {
-            e.u32(status_of(&err)).bool(false);
+    if writable && w {
+        allowed |= ACCESS3_MODIFY | ACCESS3_EXTEND;
+        if a.kind == NodeKind::Dir {
+            allowed |= ACCESS3_DELETE;
         }
     }
-    Ok(())
+    if x {
+        allowed |= if a.kind == NodeKind::Dir {
+            ACCESS3_LOOKUP | ACCESS3_EXECUTE
+        } else {
+            ACCESS3_EXECUTE
+        };
+    }
+    allowed
 }
 
 /// A client for read-pattern tracking: its address (all its connections
@@ -466,7 +493,7 @@ async fn readdir_common(
             dir_bytes += info_bytes;
             e.bool(true).u64(entry.id).string(name).u64(entry.id);
             if plus {
-                let attr = vfs.entry_attr(entry);
+                let attr = vfs.entry_attr(&dir.key, entry);
                 post_op_attr(&mut e, ctx.fsid, Some(&attr));
                 e.bool(true)
                     .opaque(&fh::encode_id(ctx.export_id, entry.id, entry.kind()));
