@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tidegate::store::s3::{S3Store, UploadedPart};
-use tidegate::store::{ObjectStore, LIST_PAGE_KEYS_MAX};
+use tidegate::store::{ObjectStore, PosixMeta, LIST_PAGE_KEYS_MAX};
 
 use crate::data::{fingerprint, fingerprint_file, write_random_file, Fingerprint};
 use crate::s3::Seaweed;
@@ -410,7 +410,7 @@ async fn upload_multipart(store: &S3Store, key: &str, path: &Path, len_bytes: u6
     use std::io::Read;
     let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let upload_id = store
-        .create_multipart_upload(key)
+        .create_multipart_upload(key, &PosixMeta::default())
         .await
         .with_context(|| format!("CreateMultipartUpload {key}"))?;
     let mut parts: Vec<UploadedPart> = Vec::new();

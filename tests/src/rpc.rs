@@ -28,7 +28,11 @@ pub const NFSPROC3_ACCESS: u32 = 4;
 pub const NFSPROC3_READ: u32 = 6;
 pub const NFSPROC3_WRITE: u32 = 7;
 pub const NFSPROC3_CREATE: u32 = 8;
+pub const NFSPROC3_MKDIR: u32 = 9;
 pub const NFSPROC3_REMOVE: u32 = 12;
+pub const NFSPROC3_RMDIR: u32 = 13;
+pub const NFSPROC3_RENAME: u32 = 14;
+pub const NFSPROC3_COMMIT: u32 = 21;
 pub const NFSPROC3_READDIR: u32 = 16;
 pub const NFSPROC3_READDIRPLUS: u32 = 17;
 pub const NFSPROC3_FSINFO: u32 = 19;
@@ -651,6 +655,33 @@ pub fn args_read(fh: &[u8], offset: u64, count: u32) -> Vec<u8> {
     XdrWriter::new().opaque(fh).u64(offset).u32(count).finish()
 }
 
+/// Skip wcc_data (pre_op_attr, post_op_attr).
+pub fn skip_wcc(r: &mut XdrReader) -> Result<()> {
+    if r.bool()? {
+        r.u64()?;
+        r.fixed(16)?;
+    }
+    decode_post_op_attr(r)?;
+    Ok(())
+}
+
+/// Decode CREATE3res / MKDIR3res: the new handle (which must be there).
+pub fn decode_new_handle(res: &[u8]) -> Result<NfsResult<Vec<u8>>> {
+    let mut r = XdrReader::new(res);
+    let status = r.u32()?;
+    if status != NFS3_OK {
+        skip_wcc(&mut r)?;
+        r.expect_end()?;
+        return Ok(Err(status));
+    }
+    ensure!(r.bool()?, "no handle in the reply");
+    let fh = r.opaque(NFS3_FHSIZE)?.to_vec();
+    decode_post_op_attr(&mut r)?;
+    skip_wcc(&mut r)?;
+    r.expect_end()?;
+    Ok(Ok(fh))
+}
+
 /// Decode GETATTR3res.
 pub fn decode_getattr(res: &[u8]) -> Result<NfsResult<Fattr>> {
     let mut r = XdrReader::new(res);
@@ -949,6 +980,125 @@ impl NfsClient {
             .finish();
         let res = self.nfs(NFSPROC3_READDIRPLUS, &args)?;
         decode_readdir(&res, true)
+    }
+
+    /// CREATE `name` in `dir` (UNCHECKED, or GUARDED with `guarded`):
+    /// the new handle.
+    pub fn create(&mut self, dir: &[u8], name: &[u8], guarded: bool) -> Result<NfsResult<Vec<u8>>> {
+        let mut w = XdrWriter::new();
+        w.opaque(dir).opaque(name).u32(guarded as u32);
+        // sattr3: nothing set.
+        w.bool(false)
+            .bool(false)
+            .bool(false)
+            .bool(false)
+            .u32(0)
+            .u32(0);
+        let res = self.nfs(NFSPROC3_CREATE, &w.finish())?;
+        decode_new_handle(&res)
+    }
+
+    /// MKDIR `name` in `dir`: the new handle.
+    pub fn mkdir(&mut self, dir: &[u8], name: &[u8]) -> Result<NfsResult<Vec<u8>>> {
+        let mut w = XdrWriter::new();
+        w.opaque(dir).opaque(name);
+        w.bool(false)
+            .bool(false)
+            .bool(false)
+            .bool(false)
+            .u32(0)
+            .u32(0);
+        let res = self.nfs(NFSPROC3_MKDIR, &w.finish())?;
+        decode_new_handle(&res)
+    }
+
+    /// WRITE `data` at `offset`; `stable`: 0 UNSTABLE, 1 DATA_SYNC, 2
+    /// FILE_SYNC. Returns (count, committed, verifier).
+    pub fn write(
+        &mut self,
+        fh: &[u8],
+        offset: u64,
+        data: &[u8],
+        stable: u32,
+    ) -> Result<NfsResult<(u32, u32, [u8; 8])>> {
+        let args = XdrWriter::new()
+            .opaque(fh)
+            .u64(offset)
+            .u32(data.len() as u32)
+            .u32(stable)
+            .opaque(data)
+            .finish();
+        let res = self.nfs(NFSPROC3_WRITE, &args)?;
+        let mut r = XdrReader::new(&res);
+        let status = r.u32()?;
+        skip_wcc(&mut r)?;
+        if status != NFS3_OK {
+            r.expect_end()?;
+            return Ok(Err(status));
+        }
+        let count = r.u32()?;
+        let committed = r.u32()?;
+        let verf: [u8; 8] = r.fixed(8)?.try_into().unwrap();
+        r.expect_end()?;
+        Ok(Ok((count, committed, verf)))
+    }
+
+    /// COMMIT the whole file: the write verifier.
+    pub fn commit(&mut self, fh: &[u8]) -> Result<NfsResult<[u8; 8]>> {
+        let args = XdrWriter::new().opaque(fh).u64(0).u32(0).finish();
+        let res = self.nfs(NFSPROC3_COMMIT, &args)?;
+        let mut r = XdrReader::new(&res);
+        let status = r.u32()?;
+        skip_wcc(&mut r)?;
+        if status != NFS3_OK {
+            r.expect_end()?;
+            return Ok(Err(status));
+        }
+        let verf: [u8; 8] = r.fixed(8)?.try_into().unwrap();
+        r.expect_end()?;
+        Ok(Ok(verf))
+    }
+
+    /// RENAME `from_dir/from` to `to_dir/to`.
+    pub fn rename(
+        &mut self,
+        from_dir: &[u8],
+        from: &[u8],
+        to_dir: &[u8],
+        to: &[u8],
+    ) -> Result<NfsResult<()>> {
+        let args = XdrWriter::new()
+            .opaque(from_dir)
+            .opaque(from)
+            .opaque(to_dir)
+            .opaque(to)
+            .finish();
+        let res = self.nfs(NFSPROC3_RENAME, &args)?;
+        let mut r = XdrReader::new(&res);
+        let status = r.u32()?;
+        skip_wcc(&mut r)?;
+        skip_wcc(&mut r)?;
+        r.expect_end()?;
+        Ok(if status == NFS3_OK {
+            Ok(())
+        } else {
+            Err(status)
+        })
+    }
+
+    /// REMOVE (or with `dir`, RMDIR) `name` in `dir_fh`.
+    pub fn remove(&mut self, dir_fh: &[u8], name: &[u8], dir: bool) -> Result<NfsResult<()>> {
+        let proc_ = if dir { NFSPROC3_RMDIR } else { NFSPROC3_REMOVE };
+        let res = self.nfs(proc_, &args_lookup(dir_fh, name))?;
+        let mut r = XdrReader::new(&res);
+        let status = r.u32()?;
+        skip_wcc(&mut r)?;
+        r.expect_end()?;
+        Ok(if status == NFS3_OK {
+            Ok(())
+        } else {
+            Err(status)
+        })
     }
 
     /// Every entry of a directory, paging with READDIR (`plus == false`) or

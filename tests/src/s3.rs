@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tidegate::store::s3::{S3Config, S3Credentials, S3Store};
-use tidegate::store::{ObjectStore, StoreError};
+use tidegate::store::{ObjectStore, PosixMeta, StoreError};
 
 use crate::INSTALL_HINT;
 
@@ -275,7 +275,9 @@ impl Seaweed {
                     if reread {
                         store.get_range(PROBE_KEY, 0, &mut buf, None).await?;
                     }
-                    store.put_object(PROBE_KEY, b"ready".to_vec()).await?;
+                    store
+                        .put_object(PROBE_KEY, b"ready".to_vec(), &PosixMeta::default())
+                        .await?;
                     let n = store.get_range(PROBE_KEY, 0, &mut buf, None).await?;
                     if &buf[..n] != b"ready" {
                         return Err(StoreError::Config {

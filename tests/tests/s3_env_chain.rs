@@ -3,7 +3,7 @@
 //! test, because it changes this process's environment.
 
 use tidegate::store::s3::S3Store;
-use tidegate::store::{ObjectStore, StoreError};
+use tidegate::store::{ObjectStore, PosixMeta, StoreError};
 use tidegate_tests::s3::Seaweed;
 
 #[test]
@@ -31,7 +31,9 @@ fn credentials_and_region_from_the_environment() {
     rt.block_on(async {
         let s = S3Store::new(config.clone()).await.unwrap();
         assert_eq!(s.region(), tidegate_tests::s3::REGION);
-        s.put_object("k", b"from env".to_vec()).await.unwrap();
+        s.put_object("k", b"from env".to_vec(), &PosixMeta::default())
+            .await
+            .unwrap();
         let mut buf = [0u8; 16];
         let n = s.get_range("k", 0, &mut buf, None).await.unwrap();
         assert_eq!(&buf[..n], b"from env");

@@ -10,11 +10,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tidegate::store::s3::{S3Config, S3Store, PART_BYTES_MIN};
-use tidegate::store::{conformance, ObjectStore, StoreError};
+use tidegate::store::{conformance, ObjectStore, PosixMeta, StoreError};
 use tidegate_tests::data::SplitMix64;
 use tidegate_tests::s3::Seaweed;
 
 const BUCKET: &str = "tidegate-test";
+/// No POSIX metadata.
+const NONE: PosixMeta = PosixMeta {
+    mode: None,
+    uid: None,
+    gid: None,
+    mtime_ns: None,
+};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -53,10 +60,37 @@ fn conformance_basic_layout() {
     let rt = rt();
     let s = store(&rt, sw.store_config(BUCKET, ""));
     rt.block_on(async {
-        s.put_object("a.txt", b"hello".to_vec()).await.unwrap();
-        s.put_object("d/x", b"xyz".to_vec()).await.unwrap();
-        s.put_object("d/y/z", Vec::new()).await.unwrap();
+        s.put_object("a.txt", b"hello".to_vec(), &NONE)
+            .await
+            .unwrap();
+        s.put_object("d/x", b"xyz".to_vec(), &NONE).await.unwrap();
+        s.put_object("d/y/z", Vec::new(), &NONE).await.unwrap();
         conformance::basic_layout(&s).await;
+    });
+}
+
+/// Every write through the trait: put, multipart, copy, delete, markers,
+/// POSIX attributes in user metadata.
+#[test]
+fn conformance_writes() {
+    let sw = Seaweed::start(&[BUCKET]);
+    let rt = rt();
+    let s = store(&rt, sw.store_config(BUCKET, ""));
+    rt.block_on(conformance::writes(&s));
+}
+
+/// The same under a prefix: nothing lands outside it.
+#[test]
+fn conformance_writes_under_a_prefix() {
+    let sw = Seaweed::start(&[BUCKET]);
+    let rt = rt();
+    let whole = store(&rt, sw.store_config(BUCKET, ""));
+    let s = store(&rt, sw.store_config(BUCKET, "p/q"));
+    rt.block_on(async {
+        conformance::writes(&s).await;
+        let root = whole.list("", None, 1000).await.unwrap();
+        assert!(root.objects.is_empty());
+        assert_eq!(root.prefixes, vec!["p/".to_string()]);
     });
 }
 
@@ -79,7 +113,7 @@ fn conformance_under_a_prefix() {
             ("data/other.txt", b"no"),
             ("top.txt", b"no"),
         ] {
-            whole.put_object(k, v.to_vec()).await.unwrap();
+            whole.put_object(k, v.to_vec(), &NONE).await.unwrap();
         }
         conformance::basic_layout(&s).await;
         // Dot segments could step out of the prefix: refused everywhere.
@@ -101,7 +135,7 @@ fn conformance_under_a_prefix() {
             Err(StoreError::InvalidKey { .. })
         ));
         assert!(matches!(
-            s.put_object("..", Vec::new()).await,
+            s.put_object("..", Vec::new(), &NONE).await,
             Err(StoreError::InvalidKey { .. })
         ));
         assert!(matches!(
@@ -118,7 +152,7 @@ fn conformance_paging() {
     let s = store(&rt, sw.store_config(BUCKET, ""));
     rt.block_on(async {
         for i in 0..250 {
-            s.put_object(&format!("many/f{i:05}"), Vec::new())
+            s.put_object(&format!("many/f{i:05}"), Vec::new(), &NONE)
                 .await
                 .unwrap();
         }
@@ -138,10 +172,10 @@ fn listing_pages_with_small_max_keys() {
         let mut want = Vec::new();
         for i in 0..9 {
             let file = format!("l/f{i}");
-            s.put_object(&file, vec![i as u8; i]).await.unwrap();
+            s.put_object(&file, vec![i as u8; i], &NONE).await.unwrap();
             want.push(file);
             let dir = format!("l/g{i}/");
-            s.put_object(&format!("{dir}inner"), Vec::new())
+            s.put_object(&format!("{dir}inner"), Vec::new(), &NONE)
                 .await
                 .unwrap();
             want.push(dir);
@@ -195,7 +229,7 @@ fn odd_keys_round_trip() {
     ];
     rt.block_on(async {
         for (i, k) in keys.iter().enumerate() {
-            s.put_object(k, vec![b'a'; i]).await.unwrap();
+            s.put_object(k, vec![b'a'; i], &NONE).await.unwrap();
         }
         let p = s.list("odd/", None, 1000).await.unwrap();
         let mut got: Vec<_> = p.objects.iter().map(|o| o.key.clone()).collect();
@@ -213,7 +247,7 @@ fn odd_keys_round_trip() {
             assert_eq!(s.head(k).await.unwrap().size, i as u64, "{k:?}");
         }
         // Server-side copy escapes the source key.
-        s.copy_object("odd/with space", "odd2/copy of space")
+        s.copy_object("odd/with space", "odd2/copy of space", None, None)
             .await
             .unwrap();
         let mut buf = [0u8; 8];
@@ -222,7 +256,9 @@ fn odd_keys_round_trip() {
             .await
             .unwrap();
         assert_eq!(n, 0);
-        s.copy_object("odd/ünïcödé-日本", "odd2/u").await.unwrap();
+        s.copy_object("odd/ünïcödé-日本", "odd2/u", None, None)
+            .await
+            .unwrap();
         assert_eq!(s.head("odd2/u").await.unwrap().size, 6);
     });
 }
@@ -234,8 +270,8 @@ fn ranged_reads_and_the_end_of_objects() {
     let s = store(&rt, sw.store_config(BUCKET, ""));
     let data = bytes(7, 3 * 1024 * 1024 + 17);
     rt.block_on(async {
-        s.put_object("big", data.clone()).await.unwrap();
-        s.put_object("empty", Vec::new()).await.unwrap();
+        s.put_object("big", data.clone(), &NONE).await.unwrap();
+        s.put_object("empty", Vec::new(), &NONE).await.unwrap();
         // Whole object in odd-sized pieces.
         assert_eq!(read_all(&s, "big", 1_000_003).await, data);
         // A read running past the end is short; at or past the end, 0 (416).
@@ -271,7 +307,10 @@ fn if_match_detects_a_changed_object() {
     let rt = rt();
     let s = store(&rt, sw.store_config(BUCKET, ""));
     rt.block_on(async {
-        let etag = s.put_object("v", b"version one".to_vec()).await.unwrap();
+        let etag = s
+            .put_object("v", b"version one".to_vec(), &NONE)
+            .await
+            .unwrap();
         let meta = s.head("v").await.unwrap();
         assert_eq!(etag, meta.etag);
         let mut buf = [0u8; 32];
@@ -282,7 +321,9 @@ fn if_match_detects_a_changed_object() {
         let n = s.get_range("v", 0, &mut buf, Some(&quoted)).await.unwrap();
         assert_eq!(&buf[..n], b"version one");
 
-        s.put_object("v", b"version two".to_vec()).await.unwrap();
+        s.put_object("v", b"version two".to_vec(), &NONE)
+            .await
+            .unwrap();
         assert!(matches!(
             s.get_range("v", 0, &mut buf, Some(&etag)).await,
             Err(StoreError::PreconditionFailed { .. })
@@ -307,7 +348,7 @@ fn multipart_upload_complete_and_abort() {
     const PART_BYTES: usize = 5 * 1024 * 1024;
     let data = bytes(11, 2 * PART_BYTES + 12345);
     rt.block_on(async {
-        let id = s.create_multipart_upload("mp/obj").await.unwrap();
+        let id = s.create_multipart_upload("mp/obj", &NONE).await.unwrap();
         let mut parts = Vec::new();
         for (i, chunk) in data.chunks(PART_BYTES).enumerate() {
             parts.push(
@@ -337,7 +378,10 @@ fn multipart_upload_complete_and_abort() {
         assert_eq!(read_all(&s, "mp/obj", 4 * 1024 * 1024).await, data);
 
         // An aborted upload leaves nothing behind, and its id is gone.
-        let id = s.create_multipart_upload("mp/aborted").await.unwrap();
+        let id = s
+            .create_multipart_upload("mp/aborted", &NONE)
+            .await
+            .unwrap();
         s.upload_part("mp/aborted", &id, 1, b"partial".to_vec())
             .await
             .unwrap();
@@ -360,13 +404,15 @@ fn copy_single_and_multipart() {
     let part_bytes = PART_BYTES_MIN;
     let data = bytes(5, 2 * part_bytes as usize + 4321);
     rt.block_on(async {
-        s.put_object("c/src", data.clone()).await.unwrap();
-        s.copy_object("c/src", "c/single").await.unwrap();
+        s.put_object("c/src", data.clone(), &NONE).await.unwrap();
+        s.copy_object("c/src", "c/single", None, None)
+            .await
+            .unwrap();
         assert_eq!(read_all(&s, "c/single", 1 << 20).await, data);
 
         // Parts of the smallest size S3 takes: 3 UploadPartCopy ranges,
         // the last short.
-        s.copy_object_multipart("c/src", "c/multi", part_bytes)
+        s.copy_object_multipart("c/src", "c/multi", part_bytes, None, None)
             .await
             .unwrap();
         let meta = s.head("c/multi").await.unwrap();
@@ -375,25 +421,91 @@ fn copy_single_and_multipart() {
         assert_eq!(read_all(&s, "c/multi", 1 << 20).await, data);
 
         // An empty source falls back to a single copy.
-        s.put_object("c/empty", Vec::new()).await.unwrap();
-        s.copy_object_multipart("c/empty", "c/empty2", part_bytes)
+        s.put_object("c/empty", Vec::new(), &NONE).await.unwrap();
+        s.copy_object_multipart("c/empty", "c/empty2", part_bytes, None, None)
             .await
             .unwrap();
         assert_eq!(s.head("c/empty2").await.unwrap().size, 0);
 
         assert!(matches!(
-            s.copy_object("c/missing", "c/x").await,
+            s.copy_object("c/missing", "c/x", None, None).await,
             Err(StoreError::NotFound { .. })
         ));
         // A copy overwrites its destination.
-        s.put_object("c/small", b"small".to_vec()).await.unwrap();
-        s.copy_object("c/small", "c/single").await.unwrap();
+        s.put_object("c/small", b"small".to_vec(), &NONE)
+            .await
+            .unwrap();
+        s.copy_object("c/small", "c/single", None, None)
+            .await
+            .unwrap();
         assert_eq!(read_all(&s, "c/single", 1024).await, b"small");
         // Keys with dot segments are refused: they could leave the prefix.
         assert!(matches!(
-            s.copy_object("c/../c/small", "c/x").await,
+            s.copy_object("c/../c/small", "c/x", None, None).await,
             Err(StoreError::InvalidKey { .. })
         ));
+    });
+}
+
+/// Multipart copies keep the source's user metadata or take new metadata,
+/// and honour the source ETag, as single copies do.
+#[test]
+fn multipart_copy_metadata_and_preconditions() {
+    let sw = Seaweed::start(&[BUCKET]);
+    let rt = rt();
+    let s = store(&rt, sw.store_config(BUCKET, ""));
+    let part_bytes = PART_BYTES_MIN;
+    let data = bytes(6, part_bytes as usize + 999);
+    let posix = PosixMeta {
+        mode: Some(0o100_644),
+        uid: Some(12),
+        gid: Some(34),
+        mtime_ns: Some(1_600_000_000_500_000_000),
+    };
+    let other = PosixMeta {
+        mode: Some(0o100_600),
+        ..NONE
+    };
+    rt.block_on(async {
+        let etag = s.put_object("mc/src", data.clone(), &posix).await.unwrap();
+        s.copy_object_multipart("mc/src", "mc/kept", part_bytes, None, None)
+            .await
+            .unwrap();
+        let h = s.head("mc/kept").await.unwrap();
+        assert!(h.etag.ends_with("-2"), "multipart ETag {}", h.etag);
+        assert_eq!(h.posix, Some(posix));
+        s.copy_object_multipart("mc/src", "mc/new", part_bytes, Some(&etag), Some(&other))
+            .await
+            .unwrap();
+        assert_eq!(s.head("mc/new").await.unwrap().posix, Some(other));
+        assert_eq!(read_all(&s, "mc/new", 1 << 20).await, data);
+        assert!(matches!(
+            s.copy_object_multipart("mc/src", "mc/stale", part_bytes, Some("0123"), None)
+                .await,
+            Err(StoreError::PreconditionFailed { .. })
+        ));
+        // With new metadata there is no HEAD first: the parts' own
+        // `x-amz-copy-source-if-match` fails, and the upload is aborted.
+        assert!(matches!(
+            s.copy_object_multipart("mc/src", "mc/stale", part_bytes, Some("0123"), Some(&other))
+                .await,
+            Err(StoreError::PreconditionFailed { .. })
+        ));
+        assert!(matches!(
+            s.head("mc/stale").await,
+            Err(StoreError::NotFound { .. })
+        ));
+        // A copy onto itself with new metadata (how attributes change).
+        s.copy_object("mc/src", "mc/src", Some(&etag), Some(&other))
+            .await
+            .unwrap();
+        let h = s.head("mc/src").await.unwrap();
+        assert_eq!(h.posix, Some(other));
+        assert_eq!(h.size, data.len() as u64);
+        // Aborting an upload id S3 never gave out is not an error either.
+        s.abort_multipart_upload("mc/src", "no-such-upload-id")
+            .await
+            .unwrap();
     });
 }
 
@@ -405,9 +517,11 @@ fn delete_one_and_many() {
     rt.block_on(async {
         let keys: Vec<String> = (0..1203).map(|i| format!("del/k{i:05}")).collect();
         for k in keys.iter().take(5) {
-            s.put_object(k, b"x".to_vec()).await.unwrap();
+            s.put_object(k, b"x".to_vec(), &NONE).await.unwrap();
         }
-        s.put_object("del/keep", b"x".to_vec()).await.unwrap();
+        s.put_object("del/keep", b"x".to_vec(), &NONE)
+            .await
+            .unwrap();
         s.delete_object("del/k00000").await.unwrap();
         assert!(matches!(
             s.head("del/k00000").await,
@@ -437,7 +551,9 @@ fn one_client_per_worker_runtime() {
     let data = bytes(3, 256 * 1024);
     setup.block_on(async {
         for i in 0..4 {
-            s.put_object(&format!("w/{i}"), data.clone()).await.unwrap();
+            s.put_object(&format!("w/{i}"), data.clone(), &NONE)
+                .await
+                .unwrap();
         }
     });
     let built_before = s.clients_built();
@@ -513,7 +629,9 @@ fn outage_is_bounded_and_recovers() {
     config.operation_timeout = Duration::from_secs(4);
     let s = store(&rt, config);
     rt.block_on(async {
-        s.put_object("o/k", b"still here".to_vec()).await.unwrap();
+        s.put_object("o/k", b"still here".to_vec(), &NONE)
+            .await
+            .unwrap();
     });
     sw.stop();
     rt.block_on(async {
@@ -665,7 +783,7 @@ fn broken_body_is_resumed() {
     let rt = rt();
     let direct = store(&rt, sw.store_config(BUCKET, ""));
     let data = bytes(9, 2 * 1024 * 1024);
-    rt.block_on(direct.put_object("r/obj", data.clone()))
+    rt.block_on(direct.put_object("r/obj", data.clone(), &NONE))
         .unwrap();
 
     let proxy = CuttingProxy::start(sw.s3_addr(), Fault::Cut(700_000), Box::new(|| {}));
@@ -687,7 +805,7 @@ fn stalled_body_is_resumed() {
     let rt = rt();
     let direct = store(&rt, sw.store_config(BUCKET, ""));
     let data = bytes(10, 1024 * 1024);
-    rt.block_on(direct.put_object("r/obj", data.clone()))
+    rt.block_on(direct.put_object("r/obj", data.clone(), &NONE))
         .unwrap();
 
     let proxy = CuttingProxy::start(sw.s3_addr(), Fault::Stall(300_000), Box::new(|| {}));
@@ -713,7 +831,7 @@ fn resumed_read_never_splices_versions() {
     let direct = store(&rt, sw.store_config(BUCKET, ""));
     let old = bytes(1, 2 * 1024 * 1024);
     let new = bytes(2, 2 * 1024 * 1024);
-    rt.block_on(direct.put_object("r/obj", old)).unwrap();
+    rt.block_on(direct.put_object("r/obj", old, &NONE)).unwrap();
 
     // Overwrite the object (through boto3, from the proxy's thread) at the
     // moment the first body is cut.
@@ -762,8 +880,10 @@ fn prefix_exists_and_markers() {
     let rt = rt();
     let s = store(&rt, sw.store_config(BUCKET, ""));
     rt.block_on(async {
-        s.put_object("m/marker/", Vec::new()).await.unwrap();
-        s.put_object("m/deep/a/b/c", b"x".to_vec()).await.unwrap();
+        s.put_object("m/marker/", Vec::new(), &NONE).await.unwrap();
+        s.put_object("m/deep/a/b/c", b"x".to_vec(), &NONE)
+            .await
+            .unwrap();
         assert!(s.prefix_exists("m/marker/").await.unwrap());
         assert!(s.prefix_exists("m/deep/").await.unwrap());
         assert!(s.prefix_exists("m/deep/a/b/").await.unwrap());

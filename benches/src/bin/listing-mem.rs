@@ -344,15 +344,15 @@ fn run() -> Result<()> {
     });
     let a0 = snapshot();
     for (i, k) in keys.iter().enumerate() {
-        meta.put_attr(Attr {
-            fileid: tidegate::vfs::handles::derived_id(k) ^ i as u64,
-            kind: NodeKind::File,
-            size: 110_000,
+        meta.put_attr(Attr::plain(
+            tidegate::vfs::handles::derived_id(k) ^ i as u64,
+            NodeKind::File,
+            110_000,
             mtime,
-            etag: Some(Arc::from(
+            Some(Arc::from(
                 format!("{:032x}", i as u128 * 0x9e37_79b9).as_str(),
             )),
-        });
+        ));
     }
     let a1 = snapshot();
     let mut attrs = Growth::default();

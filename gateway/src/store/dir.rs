@@ -1387,4 +1387,214 @@ mod tests {
         });
         assert_eq!(s.skipped_entries(), 2);
     }
+
+    #[test]
+    fn writes() {
+        let t = tempfile::tempdir().unwrap();
+        let s = DirStore::open(t.path()).unwrap();
+        block_on(conformance::writes(&s));
+        // Nothing is left staged: completed and aborted uploads are gone.
+        let staged: Vec<_> = std::fs::read_dir(t.path().join(STAGING_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(staged.is_empty(), "{staged:?}");
+        assert_eq!(
+            std::fs::read(t.path().join("w/mp")).unwrap().len(),
+            2 * 4096 + 4096 / 3
+        );
+        assert_eq!(std::fs::read(t.path().join("w/src")).unwrap(), b"changed");
+    }
+
+    #[test]
+    fn the_staging_directory_is_not_part_of_the_bucket() {
+        let t = layout();
+        let s = DirStore::open(t.path()).unwrap();
+        let none = PosixMeta::default();
+        block_on(async {
+            let id = s.multipart_start("d/big", &none).await.unwrap();
+            s.multipart_part("d/big", &id, 1, b"part".to_vec())
+                .await
+                .unwrap();
+            assert!(t.path().join(STAGING_DIR).join(&id).is_dir());
+            let root = s.list("", None, 100).await.unwrap();
+            assert_eq!(root.prefixes, vec!["d/".to_string()]);
+            for key in [
+                STAGING_DIR,
+                ".tidegate-uploads/",
+                &format!("{STAGING_DIR}/{id}/key"),
+            ] {
+                assert!(
+                    matches!(s.head(key).await, Err(StoreError::NotFound { .. })),
+                    "{key}"
+                );
+                assert!(matches!(
+                    s.put(key, Vec::new(), &none).await,
+                    Err(StoreError::InvalidKey { .. })
+                ));
+                assert!(matches!(
+                    s.delete(key).await,
+                    Err(StoreError::InvalidKey { .. })
+                ));
+                assert!(matches!(
+                    s.copy("a.txt", key, None, None).await,
+                    Err(StoreError::InvalidKey { .. })
+                ));
+            }
+            assert!(!s.prefix_exists(".tidegate-uploads/").await.unwrap());
+            let inside = s.list(&format!("{STAGING_DIR}/"), None, 100).await.unwrap();
+            assert!(inside.objects.is_empty() && inside.prefixes.is_empty());
+            let mut buf = [0u8; 8];
+            assert!(matches!(
+                s.get_range(&format!("{STAGING_DIR}/{id}/key"), 0, &mut buf, None)
+                    .await,
+                Err(StoreError::NotFound { .. })
+            ));
+            // An upload belongs to its key; ids of another form are unknown.
+            assert!(s
+                .multipart_part("d/other", &id, 2, b"x".to_vec())
+                .await
+                .is_err());
+            assert!(s
+                .multipart_part("d/big", "../../d", 1, b"x".to_vec())
+                .await
+                .is_err());
+            s.multipart_abort("d/other", &id).await.unwrap();
+            s.multipart_abort("d/big", "../../d").await.unwrap();
+            assert!(t.path().join(STAGING_DIR).join(&id).is_dir());
+            s.multipart_abort("d/big", &id).await.unwrap();
+            assert!(!t.path().join(STAGING_DIR).join(&id).exists());
+        });
+        block_on(conformance::basic_layout(&s));
+    }
+
+    #[test]
+    fn writes_stay_beneath_the_root() {
+        let t = layout();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(outside.path(), t.path().join("escape")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), t.path().join("d/link")).unwrap();
+        let s = DirStore::open(t.path()).unwrap();
+        let none = PosixMeta::default();
+        block_on(async {
+            for key in ["../x", "d/../a.txt", "./a.txt", "/etc/x", "d//x", "", "/"] {
+                assert!(
+                    matches!(
+                        s.put(key, b"x".to_vec(), &none).await,
+                        Err(StoreError::InvalidKey { .. })
+                    ),
+                    "{key:?}"
+                );
+            }
+            assert!(matches!(
+                s.head("d/../a.txt").await,
+                Err(StoreError::InvalidKey { .. })
+            ));
+            // Through a symlinked directory: refused, nothing written.
+            assert!(s.put("escape/new", b"x".to_vec(), &none).await.is_err());
+            assert!(s.put("escape/", Vec::new(), &none).await.is_err());
+            assert!(!outside.path().join("new").exists());
+            // Deleting a symlink's name: not an object, left alone.
+            s.delete("d/link").await.unwrap();
+            s.delete("escape/secret").await.unwrap();
+            s.delete("escape/").await.unwrap();
+            assert!(t.path().join("d/link").symlink_metadata().is_ok());
+            assert_eq!(std::fs::read(outside.path().join("secret")).unwrap(), b"s");
+            // Copies neither read through nor write through a symlink.
+            assert!(matches!(
+                s.copy("d/link", "d/stolen", None, None).await,
+                Err(StoreError::NotFound { .. })
+            ));
+            assert!(s.copy("a.txt", "escape/a", None, None).await.is_err());
+            assert!(!outside.path().join("a").exists());
+            // A file where a directory is needed.
+            assert!(matches!(
+                s.put("a.txt/x", b"x".to_vec(), &none).await,
+                Err(StoreError::Io { .. })
+            ));
+            assert!(matches!(
+                s.head("a.txt/x").await,
+                Err(StoreError::NotFound { .. })
+            ));
+            s.delete("a.txt/x").await.unwrap();
+            // A directory marker holds no data, and a directory is no object.
+            assert!(s.put("m/", b"x".to_vec(), &none).await.is_err());
+            assert!(s.put("d/y", b"x".to_vec(), &none).await.is_err());
+            s.delete("d/y").await.unwrap();
+            assert!(t.path().join("d/y/z").exists());
+            // A non-empty directory's marker goes, the directory stays.
+            s.delete("d/y/").await.unwrap();
+            assert!(s.prefix_exists("d/y/").await.unwrap());
+        });
+    }
+
+    #[test]
+    fn markers_describe_their_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let s = DirStore::open(t.path()).unwrap();
+        let p = PosixMeta {
+            mode: Some(0o040_700),
+            uid: Some(7),
+            gid: None,
+            mtime_ns: Some(5),
+        };
+        block_on(async {
+            s.put("a/b/", Vec::new(), &p).await.unwrap();
+            let h = s.head("a/b/").await.unwrap();
+            assert_eq!((h.size, h.posix), (0, Some(p)));
+            assert!(t.path().join("a/b").is_dir());
+            // Put again: the metadata is replaced as a whole.
+            let q = PosixMeta {
+                mode: Some(0o040_755),
+                ..PosixMeta::default()
+            };
+            s.put("a/b/", Vec::new(), &q).await.unwrap();
+            assert_eq!(s.head("a/b/").await.unwrap().posix, Some(q));
+            // The directory itself is no object, nor is the root.
+            assert!(matches!(
+                s.head("a/b").await,
+                Err(StoreError::NotFound { .. })
+            ));
+            assert!(matches!(s.head("").await, Err(StoreError::NotFound { .. })));
+            let root = s.list("", None, 10).await.unwrap();
+            assert_eq!(root.prefixes, vec!["a/".to_string()]);
+            assert!(root.objects.is_empty());
+        });
+    }
+
+    #[test]
+    fn quick_same_size_rewrites_get_new_etags() {
+        let t = tempfile::tempdir().unwrap();
+        let s = DirStore::open(t.path()).unwrap();
+        let none = PosixMeta::default();
+        block_on(async {
+            let mut etags = std::collections::HashSet::new();
+            for i in 0..200u32 {
+                let e = s.put("f", i.to_le_bytes().to_vec(), &none).await.unwrap();
+                assert_eq!(s.head("f").await.unwrap().etag, e);
+                assert!(etags.insert(e), "ETag repeated at write {i}");
+            }
+        });
+    }
+
+    #[test]
+    fn stale_staged_files_are_swept_on_open() {
+        let t = tempfile::tempdir().unwrap();
+        let staging = t.path().join(STAGING_DIR);
+        std::fs::create_dir(&staging).unwrap();
+        let old = staging.join("tmp-0123456789abcdef");
+        let fresh = staging.join("tmp-fedcba9876543210");
+        std::fs::write(&old, b"x").unwrap();
+        std::fs::write(&fresh, b"x").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(SystemTime::now() - 2 * STAGED_STALE)
+            .unwrap();
+        let _s = DirStore::open(t.path()).unwrap();
+        assert!(!old.exists());
+        assert!(fresh.exists());
+    }
 }

@@ -523,6 +523,8 @@ pub mod conformance {
         store.delete("w/never").await.unwrap();
 
         // A directory marker makes its prefix exist until it is deleted.
+        // (Its metadata is not checked: SeaweedFS keeps markers as filer
+        // directories and drops their user metadata.)
         let dir = PosixMeta {
             mode: Some(0o040_755),
             ..PosixMeta::default()

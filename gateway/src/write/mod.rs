@@ -100,6 +100,14 @@ pub fn time_of_ns(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
 }
 
+/// Generations are unique across all entries: an upload that finishes
+/// finds its entry changed (or replaced by a rename) by a differing one.
+static NEXT_GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_gen() -> u64 {
+    NEXT_GEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What happens to a file's data and the store's view; kept beside its
 /// record in memory only.
 struct Entry {
@@ -121,7 +129,7 @@ impl Entry {
     fn new(rec: Record) -> Entry {
         Entry {
             rec,
-            gen: 1,
+            gen: next_gen(),
             unstable: false,
             changed: Instant::now(),
             uploading: false,
@@ -216,6 +224,12 @@ impl WriteBack {
                     .map_err(|e| local_err("truncate", &path, e))?;
                 if e.rec.dirty {
                     staged_bytes += e.rec.size;
+                    if e.rec.size == 0 {
+                        // Created and never committed: its writer will
+                        // send the data again (new verifier); an empty
+                        // object goes up only if nobody does.
+                        e.unstable = true;
+                    }
                 }
                 e.file = Some(Arc::new(f));
             }
@@ -439,7 +453,6 @@ impl WriteBack {
                 // Same data: keep what is known about its state.
                 if o.rec.data == e.rec.data {
                     e.unstable = o.unstable;
-                    e.gen = o.gen + 1;
                 }
             }
             if let Data::Staged(n) = e.rec.data {
@@ -515,7 +528,7 @@ impl WriteBack {
         let was_dirty_staged = e.rec.dirty && matches!(e.rec.data, Data::Staged(_));
         let old_size = e.rec.size;
         e.rec = rec.clone();
-        e.gen += 1;
+        e.gen = next_gen();
         e.changed = Instant::now();
         let now_staged = matches!(e.rec.data, Data::Staged(_));
         let new_size = e.rec.size;
@@ -557,7 +570,7 @@ impl WriteBack {
                 return Err(FsError::Delay);
             }
             // Before the bytes change: an upload reading now notices.
-            e.gen += 1;
+            e.gen = next_gen();
             (f.clone(), *n)
         };
         file.write_all_at(data, offset)
@@ -578,7 +591,7 @@ impl WriteBack {
         e.rec.attrs.ctime_ns = now;
         e.rec.dirty = true;
         e.changed = Instant::now();
-        e.gen += 1;
+        e.gen = next_gen();
         if stable {
             // fdatasync above made every earlier write durable too.
             let rec = e.rec.clone();
