@@ -36,6 +36,9 @@ enum Command {
     /// Inspect a running gateway's block cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Show what a running gateway has not yet uploaded to the store (or wait until it
+    /// has, with --wait-drained).
+    Status(tidegate::tools::status::StatusArgs),
 }
 
 #[derive(Subcommand)]
@@ -444,6 +447,7 @@ fn main() {
         Command::Serve(args) => serve(*args),
         Command::Warm(args) => tidegate::tools::warm::run(args),
         Command::Cache(CacheCommand::Stats(args)) => tidegate::tools::stats::run(args),
+        Command::Status(args) => tidegate::tools::status::run(args),
     };
     if let Err(e) = r {
         eprintln!("tidegate: error: {e:#}");

@@ -17,6 +17,7 @@
 mod client;
 mod progress;
 pub mod stats;
+pub mod status;
 pub mod warm;
 
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -26,32 +26,38 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
-/// Fetch and print the gateway's cache statistics.
-pub fn run(args: StatsArgs) -> anyhow::Result<()> {
+/// `GET /stats` from the admin endpoint at `admin`: the raw text and its
+/// fields.
+pub(crate) fn fetch(admin: SocketAddr) -> anyhow::Result<(String, Vec<(String, JsonValue)>)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the runtime")?;
     let reply = rt.block_on(async {
-        AdminClient::new(args.admin)
+        AdminClient::new(admin)
             .request("GET", "/stats", STATS_TIMEOUT)
             .await
     })?;
     if reply.status != 200 {
         bail!(
-            "admin endpoint at {}: GET /stats: {}",
-            args.admin,
+            "admin endpoint at {admin}: GET /stats: {}",
             reply.error_message()
         );
     }
     let text = String::from_utf8(reply.body)
-        .with_context(|| format!("admin endpoint at {}: /stats is not UTF-8", args.admin))?;
+        .with_context(|| format!("admin endpoint at {admin}: /stats is not UTF-8"))?;
+    let fields = parse_flat_json(&text)
+        .map_err(|e| anyhow::anyhow!("admin endpoint at {admin}: /stats: {e}"))?;
+    Ok((text, fields))
+}
+
+/// Fetch and print the gateway's cache statistics.
+pub fn run(args: StatsArgs) -> anyhow::Result<()> {
+    let (text, fields) = fetch(args.admin)?;
     if args.json {
         println!("{}", text.trim_end());
         return Ok(());
     }
-    let fields = parse_flat_json(&text)
-        .map_err(|e| anyhow::anyhow!("admin endpoint at {}: /stats: {e}", args.admin))?;
     print!("{}", format_table(&args.admin.to_string(), &fields));
     Ok(())
 }

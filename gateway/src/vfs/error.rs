@@ -32,6 +32,10 @@ pub enum FsError {
     TooManyEntries(usize),
     #[error("file exists")]
     Exists,
+    #[error("permission denied")]
+    Access,
+    #[error("operation not permitted")]
+    Perm,
     #[error("directory not empty")]
     NotEmpty,
     #[error("busy: staging is full or the journal is at its bound; try again")]

@@ -19,19 +19,68 @@ pub const SYMLINK_TARGET_BYTES_MAX: usize = 4096;
 /// Chunk size when copying a store object into a staging file.
 const COPY_UP_CHUNK_BYTES: usize = 8 << 20;
 
+/// Supplementary groups AUTH_SYS may carry.
+pub const GROUPS_MAX: usize = 16;
+
 /// Who is asking (AUTH_SYS; AUTH_NONE is nobody).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cred {
     pub uid: u32,
     pub gid: u32,
+    groups: [u32; GROUPS_MAX],
+    groups_len: u8,
 }
 
 impl Cred {
-    pub const NOBODY: Cred = Cred {
-        uid: 65534,
-        gid: 65534,
-    };
+    pub const NOBODY: Cred = Cred::new(65534, 65534);
+    pub const ROOT: Cred = Cred::new(0, 0);
+
+    pub const fn new(uid: u32, gid: u32) -> Cred {
+        Cred {
+            uid,
+            gid,
+            groups: [0; GROUPS_MAX],
+            groups_len: 0,
+        }
+    }
+
+    /// With supplementary groups (past [`GROUPS_MAX`] ignored).
+    pub fn with_groups(mut self, groups: &[u32]) -> Cred {
+        let n = groups.len().min(GROUPS_MAX);
+        self.groups[..n].copy_from_slice(&groups[..n]);
+        self.groups_len = n as u8;
+        self
+    }
+
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups[..self.groups_len as usize].contains(&gid)
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// Whether the mode bits of `a` grant `want` (4 read, 2 write, 1
+    /// execute/search) to this caller. Root may read and write anything
+    /// and execute what anyone may.
+    pub fn may(&self, a: &Attr, want: u32) -> bool {
+        if self.is_root() {
+            return want & 1 == 0 || a.kind == NodeKind::Dir || a.mode & 0o111 != 0;
+        }
+        let bits = if self.uid == a.uid {
+            a.mode >> 6
+        } else if self.in_group(a.gid) {
+            a.mode >> 3
+        } else {
+            a.mode
+        } & 7;
+        bits & want == want
+    }
 }
+
+const S_ISUID: u32 = 0o4000;
+const S_ISGID: u32 = 0o2000;
+const S_ISVTX: u32 = 0o1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeSet {
@@ -292,6 +341,39 @@ impl Vfs {
         Ok(())
     }
 
+    /// The caller may add or remove entries in `dir`: write and search.
+    async fn may_change_dir(&self, dir: &Node, cred: &Cred) -> FsResult<Attr> {
+        let a = self.getattr(dir).await?;
+        if a.kind != NodeKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if !cred.may(&a, 3) {
+            return Err(FsError::Access);
+        }
+        Ok(a)
+    }
+
+    /// The sticky-directory rule: in a sticky `dir`, only the owner of
+    /// the entry or of the directory (or root) removes or replaces it.
+    fn sticky_allows(dir: &Attr, entry: &Attr, cred: &Cred) -> bool {
+        dir.mode & S_ISVTX == 0 || cred.is_root() || cred.uid == entry.uid || cred.uid == dir.uid
+    }
+
+    /// Owner and mode bits of a new node in directory `dir` (SysV rules:
+    /// the caller's group unless the directory is set-group-ID, whose
+    /// group and, for directories, bit are inherited).
+    fn inherit(&self, dir: &Attr, cred: &Cred, attrs: &mut Attrs, is_dir: bool) {
+        if dir.mode & S_ISGID != 0 {
+            attrs.gid = dir.gid;
+            if is_dir {
+                attrs.mode |= S_ISGID;
+            }
+        }
+        if !is_dir && attrs.mode & S_ISGID != 0 && !cred.is_root() && !cred.in_group(attrs.gid) {
+            attrs.mode &= !S_ISGID;
+        }
+    }
+
     fn new_attrs(&self, cred: Cred, mode: u32, sa: Option<&SetAttrs>) -> Attrs {
         let now = now_ns();
         let mut a = Attrs {
@@ -324,7 +406,7 @@ impl Vfs {
         if name == "." || name == ".." {
             return Err(FsError::Exists);
         }
-        self.getattr(dir).await?;
+        let dir_attr = self.getattr(dir).await?;
         if let Some((node, attr)) = self.find(dir, name.as_bytes()).await? {
             return match how {
                 CreateHow::Guarded(_) => Err(FsError::Exists),
@@ -337,12 +419,15 @@ impl Vfs {
                         return Err(FsError::Exists);
                     }
                     if sa.size.is_some() {
-                        let attr = self.setattr(&node, &sa, None).await?;
+                        let attr = self.setattr(&node, &sa, None, cred).await?;
                         return Ok((node, attr));
                     }
                     Ok((node, attr))
                 }
             };
+        }
+        if !cred.may(&dir_attr, 3) {
+            return Err(FsError::Access);
         }
         let key = format!("{}{name}", dir.key);
         let node = self.handles.ensure(&[key.as_str()])?.remove(0);
@@ -353,6 +438,8 @@ impl Vfs {
             ),
             CreateHow::Exclusive(v) => (self.new_attrs(cred, FILE_MODE_DEFAULT, None), Some(*v)),
         };
+        let mut attrs = attrs;
+        self.inherit(&dir_attr, &cred, &mut attrs, false);
         let (n, f) = w.new_staging_file()?;
         let rec = Record {
             kind: Kind::File,
@@ -386,17 +473,22 @@ impl Vfs {
         if name == "." || name == ".." {
             return Err(FsError::Exists);
         }
-        self.getattr(dir).await?;
+        let dir_attr = self.getattr(dir).await?;
         if self.find(dir, name.as_bytes()).await?.is_some() {
             return Err(FsError::Exists);
         }
+        if !cred.may(&dir_attr, 3) {
+            return Err(FsError::Access);
+        }
         let key = format!("{}{name}/", dir.key);
         let node = self.handles.ensure(&[key.as_str()])?.remove(0);
+        let mut attrs = self.new_attrs(cred, sa.mode.unwrap_or(DIR_MODE_DEFAULT), Some(sa));
+        self.inherit(&dir_attr, &cred, &mut attrs, true);
         let rec = Record {
             kind: Kind::Dir,
             id: node.id,
             size: 0,
-            attrs: self.new_attrs(cred, sa.mode.unwrap_or(DIR_MODE_DEFAULT), Some(sa)),
+            attrs,
             data: Data::None,
             dirty: true,
             in_store: self.in_store(&key, false),
@@ -433,17 +525,22 @@ impl Vfs {
         if target.contains('\0') {
             return Err(FsError::Invalid("link target contains NUL"));
         }
-        self.getattr(dir).await?;
+        let dir_attr = self.getattr(dir).await?;
         if self.find(dir, name.as_bytes()).await?.is_some() {
             return Err(FsError::Exists);
         }
+        if !cred.may(&dir_attr, 3) {
+            return Err(FsError::Access);
+        }
         let key = format!("{}{name}", dir.key);
         let node = self.handles.ensure(&[key.as_str()])?.remove(0);
+        let mut attrs = self.new_attrs(cred, 0o777, Some(&SetAttrs { mode: None, ..*sa }));
+        self.inherit(&dir_attr, &cred, &mut attrs, false);
         let rec = Record {
             kind: Kind::Symlink,
             id: node.id,
             size: target.len() as u64,
-            attrs: self.new_attrs(cred, 0o777, Some(&SetAttrs { mode: None, ..*sa })),
+            attrs,
             data: Data::Link(target.to_string()),
             dirty: true,
             in_store: self.in_store(&key, false),
@@ -604,9 +701,11 @@ impl Vfs {
         node: &Node,
         sa: &SetAttrs,
         guard: Option<SystemTime>,
+        cred: Cred,
     ) -> FsResult<Attr> {
         let w = self.writer()?.clone();
         let attr = self.getattr(node).await?;
+        let sa = &self.setattr_allowed(&attr, sa, &cred)?;
         if let Some(g) = guard {
             let (a, b) = (ns_of(g) / 1000, ns_of(attr.ctime) / 1000);
             if a != b && ns_of(g) / 1_000_000_000 != ns_of(attr.ctime) / 1_000_000_000 {
@@ -691,8 +790,56 @@ impl Vfs {
         Ok(self.record_attr(node.id, &rec))
     }
 
+    /// Check SETATTR against the POSIX rules and add what they imply
+    /// (set-ID bits dropped on ownership changes).
+    fn setattr_allowed(&self, a: &Attr, sa: &SetAttrs, cred: &Cred) -> FsResult<SetAttrs> {
+        let mut sa = *sa;
+        let owner = cred.is_root() || cred.uid == a.uid;
+        if let Some(u) = sa.uid {
+            if u != a.uid && !cred.is_root() {
+                return Err(FsError::Perm);
+            }
+        }
+        if let Some(g) = sa.gid {
+            if g != a.gid && !(cred.is_root() || (cred.uid == a.uid && cred.in_group(g))) {
+                return Err(FsError::Perm);
+            }
+        }
+        if let Some(m) = sa.mode {
+            if !owner {
+                return Err(FsError::Perm);
+            }
+            let gid = sa.gid.unwrap_or(a.gid);
+            if m & S_ISGID != 0 && !cred.is_root() && !cred.in_group(gid) && a.kind != NodeKind::Dir
+            {
+                sa.mode = Some(m & !S_ISGID);
+            }
+        }
+        for t in [sa.atime, sa.mtime].into_iter().flatten() {
+            match t {
+                TimeSet::At(_) if !owner => return Err(FsError::Perm),
+                TimeSet::ServerNow if !owner && !cred.may(a, 2) => return Err(FsError::Access),
+                _ => {}
+            }
+        }
+        if sa.size.is_some() && !owner && !cred.may(a, 2) {
+            return Err(FsError::Access);
+        }
+        let chown = sa.uid.is_some_and(|u| u != a.uid) || sa.gid.is_some_and(|g| g != a.gid);
+        if chown && a.kind != NodeKind::Dir && sa.mode.is_none() {
+            let mut m = a.mode & !S_ISUID;
+            if m & 0o010 != 0 {
+                m &= !S_ISGID;
+            }
+            if m != a.mode {
+                sa.mode = Some(m);
+            }
+        }
+        Ok(sa)
+    }
+
     /// REMOVE (files and links).
-    pub async fn remove(&self, dir: &Node, name: &[u8]) -> FsResult<()> {
+    pub async fn remove(&self, dir: &Node, name: &[u8], cred: Cred) -> FsResult<()> {
         let w = self.writer()?.clone();
         self.check_parent(dir)?;
         let name = check_name(name)?;
@@ -702,6 +849,10 @@ impl Vfs {
         let (node, attr) = self.lookup(dir, name.as_bytes()).await?;
         if attr.kind == NodeKind::Dir {
             return Err(FsError::IsDir);
+        }
+        let dir_attr = self.may_change_dir(dir, &cred).await?;
+        if !Self::sticky_allows(&dir_attr, &attr, &cred) {
+            return Err(FsError::Perm);
         }
         let in_store = self.in_store(&node.key, true);
         let change = in_store.then(Record::whiteout);
@@ -724,7 +875,7 @@ impl Vfs {
     }
 
     /// RMDIR.
-    pub async fn rmdir(&self, dir: &Node, name: &[u8]) -> FsResult<()> {
+    pub async fn rmdir(&self, dir: &Node, name: &[u8], cred: Cred) -> FsResult<()> {
         let w = self.writer()?.clone();
         self.check_parent(dir)?;
         let name = check_name(name)?;
@@ -737,6 +888,10 @@ impl Vfs {
         let (node, attr) = self.lookup(dir, name.as_bytes()).await?;
         if attr.kind != NodeKind::Dir {
             return Err(FsError::NotDir);
+        }
+        let dir_attr = self.may_change_dir(dir, &cred).await?;
+        if !Self::sticky_allows(&dir_attr, &attr, &cred) {
+            return Err(FsError::Perm);
         }
         self.meta.forget_listing(node.id);
         if !self.is_empty_dir(&node).await? {
@@ -760,6 +915,7 @@ impl Vfs {
         from_name: &[u8],
         to_dir: &Node,
         to_name: &[u8],
+        cred: Cred,
     ) -> FsResult<()> {
         let w = self.writer()?.clone();
         self.check_parent(from_dir)?;
@@ -772,9 +928,22 @@ impl Vfs {
             }
         }
         let (src, src_attr) = self.lookup(from_dir, from_name.as_bytes()).await?;
-        self.getattr(to_dir).await?;
+        let from_attr = self.may_change_dir(from_dir, &cred).await?;
+        let to_attr = self.may_change_dir(to_dir, &cred).await?;
         let dst = self.find(to_dir, to_name.as_bytes()).await?;
         let src_is_dir = src_attr.kind == NodeKind::Dir;
+        if !Self::sticky_allows(&from_attr, &src_attr, &cred) {
+            return Err(FsError::Perm);
+        }
+        if let Some((_, da)) = &dst {
+            if !Self::sticky_allows(&to_attr, da, &cred) {
+                return Err(FsError::Perm);
+            }
+        }
+        if src_is_dir && from_dir.id != to_dir.id && !cred.may(&src_attr, 2) {
+            // Its ".." changes.
+            return Err(FsError::Access);
+        }
         let new_key = if src_is_dir {
             format!("{}{to_name}/", to_dir.key)
         } else {

@@ -10,7 +10,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::{ObjectStore, StoreError};
 use crate::vfs::{CreateHow, Cred, HandleTable, SetAttrs, Vfs};
 
-const ROOT: Cred = Cred { uid: 0, gid: 0 };
+const ROOT: Cred = Cred::ROOT;
 
 fn run<F: std::future::Future>(f: F) -> F::Output {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -111,6 +111,112 @@ fn committed_file_is_uploaded_after_the_quiet_period_and_reads_see_writes_before
 }
 
 #[test]
+fn permissions_follow_posix() {
+    let t = tempfile::tempdir().unwrap();
+    run(async {
+        let r = rig(
+            Arc::new(MemoryStore::new()),
+            t.path(),
+            Duration::from_secs(3600),
+        );
+        let root = r.vfs.root();
+        let alice = Cred::new(1000, 1000);
+        let bob = Cred::new(1001, 1001).with_groups(&[1000]);
+        let mode = |m| SetAttrs {
+            mode: Some(m),
+            ..SetAttrs::default()
+        };
+        // A sticky, world-writable directory owned by root.
+        let (tmp, _) = r
+            .vfs
+            .mkdir(&root, b"tmp", &mode(0o1777), ROOT)
+            .await
+            .unwrap();
+        let (af, a) = r
+            .vfs
+            .create(&tmp, b"a", CreateHow::Guarded(mode(0o640)), alice)
+            .await
+            .unwrap();
+        assert_eq!((a.uid, a.gid, a.mode), (1000, 1000, 0o640));
+        // Not the owner: no chmod, no chown, no explicit times.
+        use crate::vfs::FsError;
+        assert!(matches!(
+            r.vfs.setattr(&af, &mode(0o777), None, bob).await,
+            Err(FsError::Perm)
+        ));
+        let chown = SetAttrs {
+            uid: Some(1001),
+            ..SetAttrs::default()
+        };
+        assert!(matches!(
+            r.vfs.setattr(&af, &chown, None, alice).await,
+            Err(FsError::Perm)
+        ));
+        // The owner may give the file to a group she is in... not 1001.
+        let chgrp = SetAttrs {
+            gid: Some(1001),
+            ..SetAttrs::default()
+        };
+        assert!(matches!(
+            r.vfs.setattr(&af, &chgrp, None, alice).await,
+            Err(FsError::Perm)
+        ));
+        // Sticky: bob may not remove alice's file, alice and root may.
+        assert!(matches!(
+            r.vfs.remove(&tmp, b"a", bob).await,
+            Err(FsError::Perm)
+        ));
+        // A set-user-ID file loses the bit when root gives it away.
+        r.vfs
+            .setattr(&af, &mode(0o4755), None, alice)
+            .await
+            .unwrap();
+        let a = r.vfs.setattr(&af, &chown, None, ROOT).await.unwrap();
+        assert_eq!((a.uid, a.mode), (1001, 0o755));
+        // A directory bob cannot write to.
+        let (priv_, _) = r
+            .vfs
+            .mkdir(&tmp, b"priv", &mode(0o755), alice)
+            .await
+            .unwrap();
+        assert!(matches!(
+            r.vfs
+                .create(&priv_, b"x", CreateHow::Unchecked(SetAttrs::default()), bob)
+                .await,
+            Err(FsError::Access)
+        ));
+        // Set-group-ID directories pass their group on.
+        let (sg, _) = r
+            .vfs
+            .mkdir(&root, b"sg", &mode(0o2777), ROOT)
+            .await
+            .unwrap();
+        r.vfs
+            .setattr(
+                &sg,
+                &SetAttrs {
+                    gid: Some(42),
+                    ..SetAttrs::default()
+                },
+                None,
+                ROOT,
+            )
+            .await
+            .unwrap();
+        let (_, f) = r
+            .vfs
+            .create(&sg, b"f", CreateHow::Unchecked(SetAttrs::default()), alice)
+            .await
+            .unwrap();
+        assert_eq!(f.gid, 42);
+        let (_, d) = r.vfs.mkdir(&sg, b"d", &mode(0o755), alice).await.unwrap();
+        assert_eq!((d.gid, d.mode & 0o2000), (42, 0o2000));
+        r.vfs.remove(&tmp, b"a", ROOT).await.unwrap();
+        let _ = r.stop.send(true);
+    });
+}
+
+#[test]
 fn rename_before_upload_goes_straight_to_the_final_key() {
     let t = tempfile::tempdir().unwrap();
     run(async {
@@ -131,7 +237,7 @@ fn rename_before_upload_goes_straight_to_the_final_key() {
         r.vfs.write(&f, 0, b"new checkpoint!", true).await.unwrap();
         r.vfs.commit(&f).await.unwrap();
         r.vfs
-            .rename(&root, b"ckpt.tmp", &root, b"ckpt")
+            .rename(&root, b"ckpt.tmp", &root, b"ckpt", ROOT)
             .await
             .unwrap();
         // Namespace: atomic, at once.
@@ -160,7 +266,7 @@ fn rename_of_an_uploaded_file_copies_then_deletes() {
             .mkdir(&root, b"e", &SetAttrs::default(), ROOT)
             .await
             .unwrap();
-        r.vfs.rename(&d, b"a", &e, b"b").await.unwrap();
+        r.vfs.rename(&d, b"a", &e, b"b", ROOT).await.unwrap();
         let (b, _) = r.vfs.lookup(&e, b"b").await.unwrap();
         let mut buf = [0u8; 8];
         let (n, _, _) = r.vfs.read(&b, 0, &mut buf).await.unwrap();
@@ -170,9 +276,9 @@ fn rename_of_an_uploaded_file_copies_then_deletes() {
         assert!(object(&r.store, "d/a").await.is_none());
         assert!(r.store.head("e/").await.is_ok(), "mkdir leaves a marker");
         // The directory d/ is now empty and can go.
-        r.vfs.rmdir(&root, b"d").await.unwrap();
+        r.vfs.rmdir(&root, b"d", ROOT).await.unwrap();
         assert!(matches!(
-            r.vfs.rmdir(&root, b"e").await,
+            r.vfs.rmdir(&root, b"e", ROOT).await,
             Err(crate::vfs::FsError::NotEmpty)
         ));
         let _ = r.stop.send(true);
@@ -202,7 +308,10 @@ fn a_directory_rename_moves_everything_below_it() {
             .await
             .unwrap();
         r.vfs.write(&new_file, 0, b"fresh", true).await.unwrap();
-        r.vfs.rename(&root, b"src", &root, b"dst").await.unwrap();
+        r.vfs
+            .rename(&root, b"src", &root, b"dst", ROOT)
+            .await
+            .unwrap();
         assert!(r.vfs.lookup(&root, b"src").await.is_err());
         // Old handles follow.
         let xn = r.vfs.node(x.id).unwrap();
@@ -307,7 +416,7 @@ fn setattr_truncate_mode_and_symlinks() {
             uid: Some(1000),
             ..SetAttrs::default()
         };
-        let a = r.vfs.setattr(&f, &sa, None).await.unwrap();
+        let a = r.vfs.setattr(&f, &sa, None, ROOT).await.unwrap();
         assert_eq!((a.size, a.mode, a.uid), (100, 0o600, 1000));
         let (l, la) = r
             .vfs

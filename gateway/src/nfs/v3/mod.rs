@@ -74,6 +74,8 @@ pub fn status_of(e: &FsError) -> u32 {
         FsError::NotSupported => NFS3ERR_NOTSUPP,
         FsError::TooManyEntries(_) => NFS3ERR_IO,
         FsError::Exists => NFS3ERR_EXIST,
+        FsError::Access => NFS3ERR_ACCES,
+        FsError::Perm => NFS3ERR_PERM,
         FsError::NotEmpty => NFS3ERR_NOTEMPTY,
         FsError::Delay => NFS3ERR_JUKEBOX,
         FsError::TooBig => NFS3ERR_FBIG,

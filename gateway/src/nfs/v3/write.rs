@@ -24,10 +24,7 @@ const FILE_SYNC: u32 = 2;
 
 fn cred(ctx: &Ctx<'_, '_>) -> Cred {
     match ctx.call.auth {
-        Auth::Sys(a) => Cred {
-            uid: a.uid,
-            gid: a.gid,
-        },
+        Auth::Sys(a) => Cred::new(a.uid, a.gid).with_groups(&a.gids),
         Auth::None => Cred::NOBODY,
     }
 }
@@ -91,7 +88,7 @@ pub(super) async fn setattr(
     };
     let r = async {
         let n = ctx.node(h)?;
-        ctx.call.vfs.setattr(&n, &sa, guard).await
+        ctx.call.vfs.setattr(&n, &sa, guard, cred(ctx)).await
     }
     .await;
     let mut e = Encoder::new(out);
@@ -282,9 +279,9 @@ pub(super) async fn remove(
     let r = async {
         let dir = ctx.node(h)?;
         if dir_op {
-            ctx.call.vfs.rmdir(&dir, name).await
+            ctx.call.vfs.rmdir(&dir, name, cred(ctx)).await
         } else {
-            ctx.call.vfs.remove(&dir, name).await
+            ctx.call.vfs.remove(&dir, name, cred(ctx)).await
         }
     }
     .await;
@@ -315,7 +312,7 @@ pub(super) async fn rename(
     let r = async {
         let a = ctx.node(fh_from)?;
         let b = ctx.node(fh_to)?;
-        ctx.call.vfs.rename(&a, from, &b, to).await
+        ctx.call.vfs.rename(&a, from, &b, to, cred(ctx)).await
     }
     .await;
     let fa = attr_of(ctx, fh_from).await;
