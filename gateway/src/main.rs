@@ -407,6 +407,16 @@ fn serve(args: ServeArgs) -> Result<()> {
     init_logging(args.log.as_deref());
     let cfg = resolve(args)?;
     tracing::info!(state_dir = %cfg.state_dir.display(), "state");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("control runtime")?;
+    // Before the server accepts anything: a SIGTERM from then on is a
+    // clean shutdown, never the default action.
+    let mut term = rt.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")
+    })?;
     let server = Server::start(&cfg).context("starting the gateway")?;
     let addr = server.local_addr();
     tracing::info!(
@@ -414,13 +424,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         p = addr.port(),
         ip = addr.ip()
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("control runtime")?;
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
         let mut tick = tokio::time::interval(HANDLE_FLUSH_INTERVAL);
         loop {
             tokio::select! {

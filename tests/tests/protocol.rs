@@ -1,7 +1,8 @@
 //! MOUNT v3 and NFSv3 spoken correctly, on the wire, by the raw client:
 //! MNT/EXPORT, sub-directory mounts (what libnfs sends for nested paths),
 //! multi-fragment records, READ edge cases, READDIRPLUS against LOOKUP, and
-//! write procedures answering NFS3ERR_ROFS without touching the source.
+//! write procedures answering NFS3ERR_ROFS on a `--read-only` export
+//! without touching the source.
 //! Each body runs over a local source directory and over a SeaweedFS
 //! bucket.
 
@@ -275,11 +276,12 @@ fn readdirplus_agrees_with_lookup(backend: Backend) {
     );
 }
 
-/// Write-side procedures answer NFS3ERR_ROFS and leave the source alone.
+/// With `--read-only`, write-side procedures answer NFS3ERR_ROFS and
+/// leave the source alone.
 fn write_procedures_answer_rofs(backend: Backend) {
     let mut fx = Fixture::new(backend);
     let fp = write_random_file(&fx.source_dir().join("keep.bin"), 5_000, fresh_seed()).unwrap();
-    let server = fx.start();
+    let server = fx.start_with_args(&["--read-only"]);
     let mut c = NfsClient::connect(server.addr()).unwrap();
     let root = c.mount_root().unwrap();
     let f = c.lookup_path(&root, "keep.bin").unwrap();

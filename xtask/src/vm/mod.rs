@@ -4,7 +4,7 @@
 //! The host kernel has no NFS client, so every kernel-client test runs in a
 //! small guest: a Debian kernel and a busybox initramfs (built once by
 //! `xtask/scripts/install-vm-deps.sh` and cached outside the checkout), with
-//! no network card. The guest mounts a 9p share from the host that carries
+//! no network card unless a scenario exports S3 (below). The guest mounts a 9p share from the host that carries
 //! everything that changes between runs: the statically linked `tidegate`
 //! and helper binaries, the scenario scripts, the dataset the gateway
 //! exports, and the expectations the host computed from that dataset. The
@@ -21,10 +21,20 @@
 //!
 //! Scenarios are `tests/vm/scenarios/NN-name.sh`: a comment header (the
 //! first line describes it; `# timeout: SECONDS`, `# default: no`,
-//! `# needs: pjdfstest` are read here) and a busybox sh body that uses the
-//! helpers of `tests/vm/lib.sh`. `NN` orders them; `name` selects them.
+//! `# needs: pjdfstest`, `# source: s3 ...`, `# gateway: ARGS`,
+//! `# memory: MIB` are read here, see `scenario.rs`) and a busybox sh body
+//! that uses the helpers of `tests/vm/lib.sh`. `NN` orders them; `name`
+//! selects them.
+//!
+//! A scenario with `# source: s3` exports a bucket instead of the dataset
+//! copy: the host runs SeaweedFS on its own loopback, fills a bucket per
+//! such scenario, and gives the guest a NIC whose only way out is one
+//! forwarded port to that S3 (see `s3.rs`). After the scenario, its host
+//! check (`NN-name.check.py`, python3 + boto3) looks at what the gateway
+//! left in the bucket.
 
 mod qemu;
+mod s3;
 mod scenario;
 mod share;
 
@@ -52,9 +62,17 @@ on the guest's loopback, mounts it and runs the scenarios of
 tests/vm/scenarios (all default ones when none is named). Prints a pass/fail
 line per step with timings; exits non-zero when any step fails.
 
-Steps: install-vm-deps.sh (qemu, busybox, the cached kernel + initramfs),
-static build of tidegate and tidegate-guest (target/vm-build), the share in
-target/vm/share (the dataset is generated once and cached), boot and run.
+Steps: install-vm-deps.sh (qemu, busybox, the cached kernel + initramfs;
+with S3 scenarios also SeaweedFS and boto3), static build of tidegate and
+tidegate-guest (target/vm-build), the share in target/vm/share (the dataset
+is generated once and cached), SeaweedFS on 127.0.0.1 with a bucket per S3
+scenario (only when one is selected), boot and run.
+
+Scenarios with `# source: s3` export a bucket of their own (vm-NAME) on a
+SeaweedFS that runs on the host's loopback (data and log in target/vm/s3).
+The guest's only network path is qemu user networking with restrict=on and
+one guestfwd rule, 10.0.2.100:8333 -> 127.0.0.1:<weed S3 port>. Their host
+check, NN-name.check.py, runs after the guest part passes.
 
 Options:
   --nfs-version V       3 (default), 4.0, 4.1 or 4.2 (mount option vers=V)
@@ -69,9 +87,10 @@ Options:
 Environment:
   TIDEGATE_VM_CACHE     where the kernel, initramfs and pjdfstest are cached
                         (default /var/cache/tidegate-vm)
+  TIDEGATE_WEED         the SeaweedFS binary (default: weed on PATH)
 
 Results, logs and the console transcript: target/vm/ (each scenario's log,
-gateway log and kernel log in target/vm/share/out/NAME/).
+gateway log, kernel log and host-check log in target/vm/share/out/NAME/).
 ";
 
 struct Options {
@@ -154,6 +173,11 @@ pub struct StepResult {
 }
 
 pub fn cmd_vm(ws: &Workspace, args: &[OsString]) -> Result<ExitCode> {
+    // What qemu runs per guest connection to S3 (internal; see s3.rs).
+    if args.first().is_some_and(|a| a == "--relay") {
+        let target = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
+        s3::relay(target);
+    }
     let Some(opts) = Options::parse(args)? else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -168,16 +192,21 @@ pub fn cmd_vm(ws: &Workspace, args: &[OsString]) -> Result<ExitCode> {
         bail!("no scenario selected");
     }
     let needs_pjdfstest = selected.iter().any(|s| s.needs("pjdfstest"));
+    let needs_s3 = selected.iter().any(|s| s.is_s3());
     let cache = cache_dir();
+    let steps = if needs_s3 { 5 } else { 4 };
 
     ws.header(
         1,
-        4,
+        steps,
         "install VM dependencies (xtask/scripts/install-vm-deps.sh)",
     );
     let mut install = ws.script("install-vm-deps.sh");
     if needs_pjdfstest {
         install.arg("--pjdfstest");
+    }
+    if needs_s3 {
+        install.arg("--s3");
     }
     install.env("TIDEGATE_VM_CACHE", &cache);
     ws.run(install).context("installing VM dependencies")?;
@@ -186,7 +215,7 @@ pub fn cmd_vm(ws: &Workspace, args: &[OsString]) -> Result<ExitCode> {
     let release_dir = build_dir.join(GUEST_TARGET).join("release");
     let tidegate_bin = match &opts.tidegate_bin {
         Some(p) => {
-            ws.header(2, 4, "static build of tidegate-guest (tidegate given)");
+            ws.header(2, steps, "static build of tidegate-guest (tidegate given)");
             ws.run(static_build(ws, &build_dir, &["tidegate-guest"]))
                 .context("building tidegate-guest")?;
             p.clone()
@@ -194,7 +223,7 @@ pub fn cmd_vm(ws: &Workspace, args: &[OsString]) -> Result<ExitCode> {
         None => {
             ws.header(
                 2,
-                4,
+                steps,
                 "static build of tidegate and tidegate-guest (target/vm-build)",
             );
             ws.run(static_build(
@@ -223,7 +252,7 @@ pub fn cmd_vm(ws: &Workspace, args: &[OsString]) -> Result<ExitCode> {
 
     ws.header(
         3,
-        4,
+        steps,
         "share: binaries, scenarios, dataset (target/vm/share)",
     );
     let vm_dir = ws.root.join("target/vm");
@@ -235,9 +264,32 @@ pub fn cmd_vm(ws: &Workspace, args: &[OsString]) -> Result<ExitCode> {
         scenarios: &selected,
     })?;
 
+    let s3 = if needs_s3 {
+        ws.header(
+            4,
+            steps,
+            "S3: SeaweedFS on 127.0.0.1, a bucket per S3 scenario (target/vm/s3)",
+        );
+        let sw = s3::Seaweed::start(&vm_dir.join("s3"), &ws.root)
+            .context("starting SeaweedFS for the S3 scenarios")?;
+        say(&format!(
+            "s3: SeaweedFS S3 on {} (log {})",
+            sw.endpoint(),
+            sw.log_path().display()
+        ));
+        for s in selected.iter().filter(|s| s.is_s3()) {
+            sw.fill(s, &share.data_dir())?;
+        }
+        let net = s3::GuestNet::new(&vm_dir, sw.s3_port)?;
+        Some((sw, net))
+    } else {
+        None
+    };
+    share.write_scenario_envs(&selected, s3.as_ref().map(|(sw, _)| sw))?;
+
     ws.header(
-        4,
-        4,
+        steps,
+        steps,
         &format!(
             "boot and run {} scenario(s) over NFSv{}",
             selected.len(),
@@ -255,6 +307,7 @@ pub fn cmd_vm(ws: &Workspace, args: &[OsString]) -> Result<ExitCode> {
         scenarios: &selected,
         nfs_version: &opts.nfs_version,
         timeout_scale: opts.timeout_scale,
+        s3: s3.as_ref().map(|(sw, net)| (sw, net)),
     })?;
 
     Ok(summarize(&results, &opts.nfs_version, started.elapsed()))

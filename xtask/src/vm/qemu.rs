@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::scenario::Scenario;
+use super::s3::{GuestNet, Seaweed};
+use super::scenario::{Scenario, DEFAULT_MEMORY_MIB};
 use super::share::Share;
 use super::{format_secs, say, StepResult};
 
@@ -50,6 +51,8 @@ pub struct Run<'a> {
     pub scenarios: &'a [Scenario],
     pub nfs_version: &'a str,
     pub timeout_scale: f64,
+    /// SeaweedFS and the guest's NIC, when a scenario uses S3.
+    pub s3: Option<(&'a Seaweed, &'a GuestNet)>,
 }
 
 /// qemu, killed (and reaped) when dropped.
@@ -95,14 +98,29 @@ pub fn run_all(r: &Run) -> Result<Vec<StepResult>> {
     let mut boot_no = 0;
     while !pending.is_empty() {
         boot_no += 1;
-        let names: Vec<&str> = pending.iter().map(|s| s.name.as_str()).collect();
-        r.share.write_run_conf(r.nfs_version, &names, GUEST_PORT)?;
+        // The guest gets a network device only when one of its scenarios
+        // uses S3, and memory for the most demanding one.
+        let with_net = r.s3.is_some() && pending.iter().any(|s| s.is_s3());
+        let memory_mib = pending
+            .iter()
+            .filter_map(|s| s.memory_mib)
+            .fold(DEFAULT_MEMORY_MIB, u32::max);
+        r.share
+            .write_run_conf(r.nfs_version, &pending, GUEST_PORT, with_net)?;
         let label = if boot_no == 1 {
             "boot".to_owned()
         } else {
             format!("boot {boot_no}")
         };
-        let end = boot(r, &label, &console, &mut pending, &mut results)?;
+        let end = boot(
+            r,
+            &label,
+            &console,
+            with_net,
+            memory_mib,
+            &mut pending,
+            &mut results,
+        )?;
         match end {
             BootEnd::Finished => {
                 // The runner reported every scenario it was given; anything
@@ -133,10 +151,12 @@ fn fail_unrun(results: &mut Vec<StepResult>, s: &Scenario, why: &str) {
     });
 }
 
-fn qemu_command(r: &Run) -> Command {
+fn qemu_command(r: &Run, with_net: bool, memory_mib: u32) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     // KVM does not work on these hosts: plain TCG, multi-threaded.
-    cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "1024"])
+    cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"])
+        .arg("-m")
+        .arg(memory_mib.to_string())
         .args(["-smp", "2", "-nodefaults", "-no-user-config"])
         .arg("-kernel")
         .arg(&r.image.kernel)
@@ -156,6 +176,10 @@ fn qemu_command(r: &Run) -> Command {
             "local,path={},mount_tag=host0,security_model=none",
             r.share.dir.display()
         ));
+    // Without a -netdev the guest has no network at all (-nodefaults).
+    if let (true, Some((_, net))) = (with_net, r.s3) {
+        cmd.args(net.qemu_args());
+    }
     // SAFETY: the closure runs in the child between fork and exec and only
     // makes one async-signal-safe system call.
     unsafe {
@@ -179,7 +203,7 @@ enum State {
     },
     Between,
     In {
-        scenario: Scenario,
+        scenario: Box<Scenario>,
         started: Instant,
     },
     Done,
@@ -189,13 +213,15 @@ fn boot(
     r: &Run,
     label: &str,
     console: &File,
+    with_net: bool,
+    memory_mib: u32,
     pending: &mut Vec<&Scenario>,
     results: &mut Vec<StepResult>,
 ) -> Result<BootEnd> {
     let stderr_path = r.vm_dir.join("qemu.stderr");
     let stderr =
         File::create(&stderr_path).with_context(|| format!("create {}", stderr_path.display()))?;
-    let mut cmd = qemu_command(r);
+    let mut cmd = qemu_command(r, with_net, memory_mib);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr));
@@ -204,7 +230,20 @@ fn boot(
         .spawn()
         .context("start qemu-system-x86_64 (xtask/scripts/install-vm-deps.sh installs it)")?;
     let mut qemu = Qemu { child };
-    say(&format!("{label}: qemu pid {}", qemu.child.id()));
+    say(&format!(
+        "{label}: qemu pid {}, {memory_mib} MiB{}",
+        qemu.child.id(),
+        if with_net {
+            format!(
+                ", network: only {}:{} (SeaweedFS S3 on 127.0.0.1:{})",
+                super::s3::GUEST_S3_ADDR,
+                super::s3::GUEST_S3_PORT,
+                r.s3.map_or(0, |(sw, _)| sw.s3_port)
+            )
+        } else {
+            String::new()
+        }
+    ));
 
     let stdout = qemu.child.stdout.take().context("qemu stdout")?;
     let mut transcript = console.try_clone().context("dup console log")?;
@@ -317,7 +356,7 @@ fn boot(
                 let Some(idx) = pending.iter().position(|s| s.name == rest) else {
                     bail!("the guest began scenario `{rest}`, which is not pending");
                 };
-                let scenario = pending[idx].clone();
+                let scenario = Box::new(pending[idx].clone());
                 say(&format!("-- {}: {}", scenario.name, scenario.description));
                 deadline =
                     Instant::now() + scenario.timeout.mul_f64(r.timeout_scale) + SCENARIO_MARGIN;
@@ -335,8 +374,32 @@ fn boot(
                         scenario.name
                     );
                 }
-                let passed = verdict == "pass";
-                finish(r, scenario, started.elapsed(), passed, "", results);
+                let mut passed = verdict == "pass";
+                let mut detail = String::new();
+                if let (Some(script), Some((sw, _))) = (&scenario.host_check, r.s3) {
+                    if passed {
+                        say("     host check: running");
+                        let t0 = Instant::now();
+                        match sw.check(
+                            scenario,
+                            script,
+                            &r.share.out_dir(&scenario.name),
+                            &r.share.expected_dir(),
+                        ) {
+                            Ok(()) => say(&format!(
+                                "     host check ok {}",
+                                format_secs(t0.elapsed().as_secs_f64())
+                            )),
+                            Err(e) => {
+                                passed = false;
+                                detail = format!("{e:#}");
+                            }
+                        }
+                    } else {
+                        say("     host check: skipped (the guest part failed)");
+                    }
+                }
+                finish(r, scenario, started.elapsed(), passed, &detail, results);
                 pending.retain(|s| s.name != name);
                 state = State::Between;
                 deadline = Instant::now() + GAP_TIMEOUT;
@@ -375,6 +438,7 @@ fn finish(
         print_tail(&out.join("log"), 30);
         print_tail(&out.join("gateway.log"), 15);
         print_tail(&out.join("dmesg"), 15);
+        print_tail(&out.join("host-check.log"), 15);
     }
     results.push(StepResult {
         name: s.name.clone(),

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! bin/        tidegate, tidegate-guest (and pjdfstest), statically linked
-//! vm/         runner.sh, lib.sh, scenarios/NAME.sh (the selected ones)
+//! vm/         runner.sh, lib.sh, scenarios/NAME.sh (the selected ones) and
+//!             scenarios/NAME.env (how that scenario's gateway runs: source,
+//!             S3 endpoint and keys, extra arguments; sourced by the runner)
 //! run.conf    what the runner runs this boot (rewritten per boot)
 //! data/       the dataset (cached, see below)
 //! data.cpio   the same, packed: the guest unpacks it into its tmpfs and
@@ -23,8 +25,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use super::s3;
 use super::say;
-use super::scenario::Scenario;
+use super::scenario::{Scenario, Source};
 
 pub struct Inputs<'a> {
     pub root: &'a Path,
@@ -43,14 +46,107 @@ impl Share {
         self.dir.join("out").join(scenario)
     }
 
-    /// Tells the next boot what to run.
-    pub fn write_run_conf(&self, nfs_version: &str, names: &[&str], port: u16) -> Result<()> {
+    /// Tells the next boot what to run: `GUEST_NET` and `GUEST_S3` (an
+    /// address for the guest's NIC and the S3 endpoint behind it, when it
+    /// has one), `NEED_DATA` (whether any scenario exports the dataset copy
+    /// in the guest's tmpfs) and `HOST_TIME` (the host's clock).
+    pub fn write_run_conf(
+        &self,
+        nfs_version: &str,
+        scenarios: &[&Scenario],
+        port: u16,
+        with_net: bool,
+    ) -> Result<()> {
+        let names: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
+        let need_data = scenarios.iter().any(|s| !s.is_s3());
+        let (net, s3_url) = if with_net {
+            (
+                s3::GUEST_NET_ADDR.to_owned(),
+                format!("http://{}:{}", s3::GUEST_S3_ADDR, s3::GUEST_S3_PORT),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        // S3 signatures need the guest's clock within minutes of the host's.
+        let host_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let text = format!(
-            "# Written by cargo xtask vm for one boot.\nNFS_VERSION={nfs_version}\nPORT={port}\nSCENARIOS=\"{}\"\n",
-            names.join(" ")
+            "# Written by cargo xtask vm for one boot.\nNFS_VERSION={nfs_version}\nPORT={port}\n\
+             SCENARIOS=\"{}\"\nGUEST_NET={net}\nGUEST_S3={s3_url}\nNEED_DATA={}\nHOST_TIME={host_time}\n",
+            names.join(" "),
+            u8::from(need_data),
         );
         write(&self.dir.join("run.conf"), text.as_bytes())
     }
+
+    /// `vm/scenarios/NAME.env` for every scenario: sourced by the runner in
+    /// the scenario's subshell before its gateway starts.
+    pub fn write_scenario_envs(
+        &self,
+        scenarios: &[Scenario],
+        s3: Option<&s3::Seaweed>,
+    ) -> Result<()> {
+        for s in scenarios {
+            let mut text = format!(
+                "# Written by cargo xtask vm: how scenario {} runs its gateway.\nGW_ARGS={}\n",
+                s.name,
+                sh_quote(&s.gateway_args)
+            );
+            match &s.source {
+                Source::Dir => text.push_str("SOURCE_KIND=dir\n"),
+                Source::S3 { prefix, .. } => {
+                    let sw = s3.context("an S3 scenario without SeaweedFS")?;
+                    let endpoint = format!("http://{}:{}", s3::GUEST_S3_ADDR, s3::GUEST_S3_PORT);
+                    text.push_str(&format!(
+                        "SOURCE_KIND=s3\n\
+                         SOURCE={}\n\
+                         SOURCE_ARGS={}\n\
+                         S3_BUCKET={}\n\
+                         S3_PREFIX={}\n\
+                         S3_ENDPOINT={}\n\
+                         AWS_ACCESS_KEY_ID={}\n\
+                         AWS_SECRET_ACCESS_KEY={}\n\
+                         AWS_REGION={}\n\
+                         AWS_EC2_METADATA_DISABLED=true\n\
+                         export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION AWS_EC2_METADATA_DISABLED\n",
+                        sh_quote(&format!("s3://{}/{prefix}", s.bucket())),
+                        sh_quote(&format!(
+                            "--endpoint-url {endpoint} --path-style --region {}",
+                            s3::REGION
+                        )),
+                        sh_quote(&s.bucket()),
+                        sh_quote(prefix),
+                        sh_quote(&endpoint),
+                        sh_quote(&sw.access_key_id),
+                        sh_quote(&sw.secret_access_key),
+                        sh_quote(s3::REGION),
+                    ));
+                }
+            }
+            write(
+                &self
+                    .dir
+                    .join("vm/scenarios")
+                    .join(format!("{}.env", s.name)),
+                text.as_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn expected_dir(&self) -> PathBuf {
+        self.dir.join("expected")
+    }
+}
+
+/// `s` as one single-quoted shell word.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
