@@ -282,12 +282,12 @@ impl Vfs {
         Ok(m.into_values().flatten().collect())
     }
 
-    /// The directory `dir` changed: its listing is refetched, its times
-    /// move.
-    fn dir_changed(&self, dir: &Node) {
-        self.meta.forget_listing(dir.id);
-        self.meta.forget_attr(dir.id);
-        let Some(w) = self.write.as_ref() else { return };
+    /// The change that moves `dir`'s times (applied in the same journal
+    /// transaction as the change of its entries).
+    fn dir_touch(&self, dir: &Node) -> Vec<(String, Option<Record>)> {
+        let Some(w) = self.write.as_ref() else {
+            return Vec::new();
+        };
         let now = now_ns();
         let r = match w.get(&dir.key) {
             Some(mut r) if r.kind == Kind::Dir => {
@@ -311,9 +311,13 @@ impl Vfs {
                 }
             }
         };
-        if let Err(e) = w.apply(vec![(dir.key.to_string(), Some(r))], Vec::new()) {
-            tracing::debug!(dir = %dir.key, error = %e, "directory times not recorded");
-        }
+        vec![(dir.key.to_string(), Some(r))]
+    }
+
+    /// After a change of `dir`'s entries: its listing is refetched.
+    fn dir_changed(&self, dir: &Node) {
+        self.meta.forget_listing(dir.id);
+        self.meta.forget_attr(dir.id);
     }
 
     /// Look `name` up in `dir`, `None` when missing.
@@ -451,7 +455,9 @@ impl Vfs {
             in_store: self.in_store(&key, false),
             verf,
         };
-        w.apply(vec![(key, Some(rec.clone()))], vec![(n, f)])?;
+        let mut changes = vec![(key, Some(rec.clone()))];
+        changes.extend(self.dir_touch(dir));
+        w.apply(changes, vec![(n, f)])?;
         self.meta.forget_negative(dir.id, name);
         self.meta.forget_attr(node.id);
         self.dir_changed(dir);
@@ -494,7 +500,9 @@ impl Vfs {
             in_store: self.in_store(&key, false),
             verf: None,
         };
-        w.apply(vec![(key, Some(rec.clone()))], Vec::new())?;
+        let mut changes = vec![(key, Some(rec.clone()))];
+        changes.extend(self.dir_touch(dir));
+        w.apply(changes, Vec::new())?;
         self.meta.forget_negative(dir.id, name);
         self.meta.forget_attr(node.id);
         self.meta.forget_listing(node.id);
@@ -546,7 +554,9 @@ impl Vfs {
             in_store: self.in_store(&key, false),
             verf: None,
         };
-        w.apply(vec![(key, Some(rec.clone()))], Vec::new())?;
+        let mut changes = vec![(key, Some(rec.clone()))];
+        changes.extend(self.dir_touch(dir));
+        w.apply(changes, Vec::new())?;
         self.meta.forget_negative(dir.id, name);
         self.meta.forget_attr(node.id);
         self.dir_changed(dir);
@@ -856,7 +866,9 @@ impl Vfs {
         }
         let in_store = self.in_store(&node.key, true);
         let change = in_store.then(Record::whiteout);
-        w.apply(vec![(node.key.to_string(), change)], Vec::new())?;
+        let mut changes = vec![(node.key.to_string(), change)];
+        changes.extend(self.dir_touch(dir));
+        w.apply(changes, Vec::new())?;
         self.handles.forget(&node.key)?;
         self.meta.forget_attr(node.id);
         self.dir_changed(dir);
@@ -897,10 +909,9 @@ impl Vfs {
         if !self.is_empty_dir(&node).await? {
             return Err(FsError::NotEmpty);
         }
-        w.apply(
-            vec![(node.key.to_string(), Some(Record::whiteout()))],
-            Vec::new(),
-        )?;
+        let mut changes = vec![(node.key.to_string(), Some(Record::whiteout()))];
+        changes.extend(self.dir_touch(dir));
+        w.apply(changes, Vec::new())?;
         self.handles.forget(&node.key)?;
         self.meta.forget_attr(node.id);
         self.meta.forget_listing(node.id);
@@ -1011,6 +1022,10 @@ impl Vfs {
         } else {
             // An empty target directory is replaced.
             changes = self.dir_rename_changes(&src, &src_attr, &new_key).await?;
+        }
+        changes.extend(self.dir_touch(from_dir));
+        if to_dir.id != from_dir.id {
+            changes.extend(self.dir_touch(to_dir));
         }
         w.apply(changes, Vec::new())?;
         if let Some((dnode, _)) = &dst {
