@@ -343,15 +343,6 @@ impl Worker {
         if let Some(cache) = self.services.vfs.cache() {
             cache.init_worker();
         }
-        if let Some(w) = self.services.vfs.write_back() {
-            tokio::task::spawn_local(w.clone().run_uploader(self.shutdown.clone()));
-            let weak = Arc::downgrade(w);
-            crate::telemetry::set_refresher(move || {
-                if let Some(w) = weak.upgrade() {
-                    w.publish_gauges();
-                }
-            });
-        }
         let _ = ready.send(Ok(()));
         drop(ready);
         tracing::debug!(worker = self.index, cpu = ?self.cpu, "worker ready");

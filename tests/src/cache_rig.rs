@@ -343,6 +343,13 @@ impl Rig {
             .expect("a directory rig has no S3 server")
     }
 
+    /// The S3 server, to stop and restart it.
+    pub fn seaweed_mut(&mut self) -> &mut Seaweed {
+        self.seaweed
+            .as_mut()
+            .expect("a directory rig has no S3 server")
+    }
+
     /// Writes the objects to the source: straight to SeaweedFS (never
     /// through the proxy), or as files under the source directory.
     pub fn put(&self, objects: &[Object]) {

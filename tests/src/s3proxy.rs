@@ -20,6 +20,14 @@
 //! holds back the first byte of each answer for a while, as a distant S3
 //! region would.
 //!
+//! One knob injects failures: [`S3Proxy::set_upload_fault`] makes the proxy
+//! answer uploads (PUT and POST: PutObject, CopyObject, the steps of a
+//! multipart upload) itself with a chosen status and S3 XML error, without
+//! forwarding them, as a store that is overloaded, refuses the credentials
+//! or lost the bucket would. The request's body is read and dropped, the
+//! connection stays usable (unless the request expected a `100 Continue`:
+//! then the error goes out at once and the connection is closed).
+//!
 //! Everything is bounded: [`CONNECTIONS_MAX`] connections at once (more
 //! wait in the accept queue until one ends), heads of at most
 //! [`HEAD_BYTES_MAX`] bytes (a larger one closes the connection and is
@@ -142,6 +150,131 @@ impl Recorded {
     }
 }
 
+/// Which uploads [`S3Proxy::set_upload_fault`] rejects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultScope {
+    /// Every PUT and POST.
+    Uploads,
+    /// Only the parts of multipart uploads (`PUT ?partNumber=…`): uploads
+    /// start, their parts fail.
+    Parts,
+}
+
+/// An answer the proxy gives itself to the uploads it rejects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadFault {
+    pub status: u16,
+    /// The S3 error code, e.g. `SlowDown`, `AccessDenied`, `NoSuchBucket`.
+    pub code: String,
+    pub message: String,
+    pub scope: FaultScope,
+}
+
+impl UploadFault {
+    pub fn new(status: u16, code: &str, message: &str) -> UploadFault {
+        UploadFault {
+            status,
+            code: code.to_string(),
+            message: message.to_string(),
+            scope: FaultScope::Uploads,
+        }
+    }
+
+    /// 503 SlowDown: the store is overloaded.
+    pub fn slow_down() -> UploadFault {
+        Self::new(503, "SlowDown", "Please reduce your request rate.")
+    }
+
+    /// 500 InternalError.
+    pub fn internal_error() -> UploadFault {
+        Self::new(
+            500,
+            "InternalError",
+            "We encountered an internal error. Please try again.",
+        )
+    }
+
+    /// 403 InvalidAccessKeyId: wrong credentials.
+    pub fn invalid_access_key() -> UploadFault {
+        Self::new(
+            403,
+            "InvalidAccessKeyId",
+            "The AWS Access Key Id you provided does not exist in our records.",
+        )
+    }
+
+    /// 403 AccessDenied.
+    pub fn access_denied() -> UploadFault {
+        Self::new(403, "AccessDenied", "Access Denied")
+    }
+
+    /// 404 NoSuchBucket: the bucket is gone.
+    pub fn no_such_bucket() -> UploadFault {
+        Self::new(404, "NoSuchBucket", "The specified bucket does not exist")
+    }
+
+    /// The same answer, only for parts of multipart uploads.
+    pub fn parts_only(mut self) -> UploadFault {
+        self.scope = FaultScope::Parts;
+        self
+    }
+
+    /// Whether a request with this method and query is rejected.
+    fn applies(&self, method: &str, query: &str) -> bool {
+        match self.scope {
+            FaultScope::Uploads => method == "PUT" || method == "POST",
+            FaultScope::Parts => {
+                method == "PUT"
+                    && query
+                        .split('&')
+                        .any(|p| p.split('=').next() == Some("partNumber"))
+            }
+        }
+    }
+
+    /// The whole HTTP answer to a request on `resource` (`/bucket/key`).
+    fn response(&self, resource: &str, request_id: u64, close: bool) -> Vec<u8> {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code>\
+             <Message>{}</Message><Resource>{}</Resource>\
+             <RequestId>tidegate-proxy-{request_id}</RequestId></Error>",
+            xml_escape(&self.code),
+            xml_escape(&self.message),
+            xml_escape(resource)
+        );
+        let reason = match self.status {
+            400 => "Bad Request",
+            403 => "Forbidden",
+            404 => "Not Found",
+            409 => "Conflict",
+            500 => "Internal Server Error",
+            501 => "Not Implemented",
+            503 => "Service Unavailable",
+            _ => "Error",
+        };
+        let mut head = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: application/xml\r\n\
+             Content-Length: {}\r\nx-amz-request-id: tidegate-proxy-{request_id}\r\n",
+            self.status,
+            body.len()
+        );
+        if close {
+            head.push_str("Connection: close\r\n");
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 /// What the proxy saw since the last reset.
 #[derive(Default)]
 struct Log {
@@ -151,6 +284,8 @@ struct Log {
     object_gets: u64,
     lists: u64,
     heads: u64,
+    /// Requests answered by the proxy itself (see [`UploadFault`]).
+    faulted: u64,
 }
 
 /// State shared by the handle, the acceptor and the connection threads.
@@ -161,6 +296,7 @@ struct Shared {
     started: Instant,
     stop: AtomicBool,
     first_byte_delay_ns: AtomicU64,
+    upload_fault: Mutex<Option<UploadFault>>,
     next_seq: AtomicU64,
     next_conn: AtomicU64,
     connections_total: AtomicU64,
@@ -210,8 +346,8 @@ impl Shared {
         }
     }
 
-    /// Logs a request whose head is complete; returns its sequence number.
-    fn record(&self, conn: u64, head: &Head) -> Result<u64> {
+    /// Logs a request whose head is complete; returns what was logged.
+    fn record(&self, conn: u64, head: &Head) -> Result<Recorded> {
         let mut parts = head.first_line.split(' ').filter(|s| !s.is_empty());
         let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
             bail!("bad request line {:?}", head.first_line);
@@ -240,11 +376,21 @@ impl Shared {
             log.heads += 1;
         }
         if log.records.len() < RECORDS_MAX {
-            log.records.push(rec);
+            log.records.push(rec.clone());
         } else {
             log.records_dropped += 1;
         }
-        Ok(seq)
+        Ok(rec)
+    }
+
+    /// The fault to answer a request with, if any (and counts it).
+    fn fault_for(&self, rec: &Recorded) -> Option<UploadFault> {
+        let fault = lock(&self.upload_fault)
+            .clone()
+            .filter(|f| f.applies(&rec.method, &rec.query))?;
+        lock(&self.log).faulted += 1;
+        self.set_status(rec.seq, fault.status);
+        Some(fault)
     }
 
     fn set_status(&self, seq: u64, status: u16) {
@@ -287,6 +433,7 @@ impl S3Proxy {
             started: Instant::now(),
             stop: AtomicBool::new(false),
             first_byte_delay_ns: AtomicU64::new(0),
+            upload_fault: Mutex::new(None),
             next_seq: AtomicU64::new(0),
             next_conn: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
@@ -400,6 +547,23 @@ impl S3Proxy {
         self.shared.first_byte_delay()
     }
 
+    /// From now on, answers the uploads `fault` covers (see
+    /// [`UploadFault`]) itself with its status and S3 error, without
+    /// forwarding them; `None` forwards everything again.
+    pub fn set_upload_fault(&self, fault: Option<UploadFault>) {
+        *lock(&self.shared.upload_fault) = fault;
+    }
+
+    pub fn upload_fault(&self) -> Option<UploadFault> {
+        lock(&self.shared.upload_fault).clone()
+    }
+
+    /// Requests the proxy answered itself with an [`UploadFault`] since
+    /// the last reset.
+    pub fn faulted_count(&self) -> u64 {
+        lock(&self.shared.log).faulted
+    }
+
     /// Client connections open now.
     pub fn connections_active(&self) -> usize {
         lock(&self.shared.conns).len()
@@ -420,8 +584,8 @@ impl S3Proxy {
     pub fn summary(&self) -> String {
         let log = lock(&self.shared.log);
         format!(
-            "{} requests: {} object GETs, {} listings, {} HEADs",
-            log.requests, log.object_gets, log.lists, log.heads
+            "{} requests: {} object GETs, {} listings, {} HEADs, {} answered with a fault",
+            log.requests, log.object_gets, log.lists, log.heads, log.faulted
         )
     }
 }
@@ -577,7 +741,13 @@ fn serve_conn(sh: &Arc<Shared>, id: u64, client: TcpStream) {
     let _ = responses.join();
 }
 
-/// Client to upstream: frame, log, forward.
+/// Client to upstream: frame, log, forward (or answer a rejected upload
+/// here, see [`UploadFault`]).
+///
+/// A rejected request's answer is written to the client from this thread.
+/// That cannot interleave with an upstream answer: HTTP/1.1 clients (the
+/// SDK's hyper among them) send the next request on a connection only
+/// after the previous answer has arrived whole.
 fn pump_requests(
     sh: &Shared,
     id: u64,
@@ -592,6 +762,8 @@ fn pump_requests(
         let _ = client.shutdown(Shutdown::Both);
         let _ = upstream.shutdown(Shutdown::Both);
     };
+    // The answer to the rejected request whose body is being dropped.
+    let mut rejected: Option<Vec<u8>> = None;
     loop {
         let n = match client.read(&mut buf) {
             Ok(0) => break,
@@ -605,21 +777,61 @@ fn pump_requests(
                 Ok(x) => x,
                 Err(e) => return fail(format!("{e:#}"), &client, &upstream),
             };
-            if let Some(Event::Head(bytes)) = event {
-                let outcome = parse_head(&bytes).and_then(|head| {
-                    let seq = sh.record(id, &head)?;
-                    let is_head = head.first_line.starts_with("HEAD ");
-                    lock(pending).push_back((seq, is_head));
-                    Ok(head.body_framing()?.unwrap_or(Framing::Empty))
-                });
-                match outcome {
-                    Ok(f) => framer.set_framing(f),
-                    Err(e) => return fail(format!("{e:#}"), &client, &upstream),
+            // Bytes of a rejected request (its head and body) stay here.
+            let mut forward = rejected.is_none();
+            let mut answer_now = None;
+            match event {
+                Some(Event::Head(bytes)) => {
+                    let outcome = parse_head(&bytes).and_then(|head| {
+                        let rec = sh.record(id, &head)?;
+                        let framing = head.body_framing()?.unwrap_or(Framing::Empty);
+                        let Some(fault) = sh.fault_for(&rec) else {
+                            let is_head = head.first_line.starts_with("HEAD ");
+                            lock(pending).push_back((rec.seq, is_head));
+                            return Ok((framing, None));
+                        };
+                        let expects_continue = head
+                            .header("expect")
+                            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+                        let resource = format!("/{}/{}", rec.bucket, rec.key);
+                        let answer = fault.response(&resource, rec.seq, expects_continue);
+                        Ok((framing, Some((answer, expects_continue))))
+                    });
+                    match outcome {
+                        Ok((f, None)) => framer.set_framing(f),
+                        Ok((f, Some((answer, close)))) => {
+                            forward = false;
+                            if close {
+                                // The client waits for a go-ahead: the
+                                // error is the answer, and the body (if
+                                // it comes anyway) goes nowhere.
+                                let _ = (&client).write_all(&answer);
+                                let _ = client.shutdown(Shutdown::Both);
+                                let _ = upstream.shutdown(Shutdown::Both);
+                                return;
+                            }
+                            framer.set_framing(f);
+                            if framer.at_message_start() {
+                                answer_now = Some(answer);
+                            } else {
+                                rejected = Some(answer);
+                            }
+                        }
+                        Err(e) => return fail(format!("{e:#}"), &client, &upstream),
+                    }
                 }
+                Some(Event::End) => answer_now = rejected.take(),
+                None => {}
             }
-            if upstream.write_all(&buf[pos..pos + used]).is_err() {
+            if forward && upstream.write_all(&buf[pos..pos + used]).is_err() {
                 let _ = client.shutdown(Shutdown::Both);
                 return;
+            }
+            if let Some(answer) = answer_now {
+                if (&client).write_all(&answer).is_err() {
+                    let _ = upstream.shutdown(Shutdown::Both);
+                    return;
+                }
             }
             pos += used;
         }
@@ -1280,6 +1492,188 @@ mod tests {
         drop(proxy);
         let left = threads_of(instance);
         assert!(left.is_empty(), "proxy threads left after drop: {left:?}");
+    }
+
+    /// The upload fault switch: PUTs and POSTs get the chosen S3 error
+    /// without reaching SeaweedFS, on connections that stay usable; with
+    /// only parts rejected, a multipart upload starts and its parts fail;
+    /// once cleared, uploads go through again.
+    #[test]
+    fn upload_faults_answer_without_forwarding() {
+        use crate::s3::{Seaweed, REGION};
+        use crate::sigv4;
+        use tidegate::store::s3::S3Store;
+        use tidegate::store::{ObjectStore, PosixMeta, StoreError};
+
+        const BUCKET: &str = "proxy-faults";
+        let sw = Seaweed::start(&[BUCKET]);
+        let proxy = S3Proxy::start(sw.s3_addr());
+        let mut raw = sigv4::Client::new(sigv4::Target {
+            addr: proxy.addr(),
+            bucket: BUCKET.to_string(),
+            region: REGION.to_string(),
+            access_key_id: sw.access_key_id().to_string(),
+            secret_access_key: sw.secret_access_key().to_string(),
+        });
+        raw.put("before.txt", b"before")
+            .expect("PUT without a fault");
+        let conns = proxy.connections_total();
+
+        // A raw PUT: the status and the XML error come back, the
+        // connection stays open.
+        proxy.set_upload_fault(Some(UploadFault::slow_down()));
+        let err = raw
+            .put("slow.txt", &vec![7u8; 300 << 10])
+            .expect_err("PUT during SlowDown");
+        let status = err
+            .downcast_ref::<sigv4::HttpStatus>()
+            .unwrap_or_else(|| panic!("not an HTTP status: {err:#}"));
+        assert_eq!(status.status, 503, "{status}");
+        assert!(
+            status.body.contains("<Code>SlowDown</Code>")
+                && status.body.contains("/proxy-faults/slow.txt"),
+            "{status}"
+        );
+        assert_eq!(proxy.faulted_count(), 1);
+        proxy.set_upload_fault(None);
+        raw.put("after.txt", b"after").expect("PUT after the fault");
+        assert_eq!(
+            proxy.connections_total(),
+            conns,
+            "the raw client needed a new connection: {:#?}",
+            proxy.requests()
+        );
+        let statuses: Vec<_> = proxy
+            .requests()
+            .iter()
+            .map(|r| (r.key.clone(), r.status))
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                ("before.txt".to_string(), Some(200)),
+                ("slow.txt".to_string(), Some(503)),
+                ("after.txt".to_string(), Some(200))
+            ]
+        );
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let via_proxy = sw
+            .store_config(BUCKET, "")
+            .with_endpoint(proxy.endpoint(), true);
+        let direct = sw.store_config(BUCKET, "");
+        rt.block_on(async {
+            let store = S3Store::new(via_proxy)
+                .await
+                .expect("SDK client via the proxy");
+            let sw_store = S3Store::new(direct).await.expect("SDK client");
+            let posix = PosixMeta::default();
+            let data = crate::data::SplitMix64::new(11).bytes(6 << 20);
+            let absent = |key: &'static str| {
+                let sw_store = &sw_store;
+                async move {
+                    match sw_store.head(key).await {
+                        Err(StoreError::NotFound { .. }) => {}
+                        other => panic!("{key} reached SeaweedFS: {other:?}"),
+                    }
+                }
+            };
+
+            proxy.reset();
+            proxy.set_upload_fault(Some(UploadFault::internal_error()));
+            let r = store.put("k500", data[..1000].to_vec(), &posix).await;
+            assert!(matches!(r, Err(StoreError::Unavailable { .. })), "{r:?}");
+            assert!(
+                proxy.faulted_count() >= 2,
+                "the SDK retries 5xx: {}",
+                proxy.summary()
+            );
+            absent("k500").await;
+
+            proxy.set_upload_fault(Some(UploadFault::invalid_access_key()));
+            let r = store.put("k403", data[..1000].to_vec(), &posix).await;
+            assert!(matches!(r, Err(StoreError::Denied { .. })), "{r:?}");
+            let r = store.multipart_start("k403m", &posix).await;
+            assert!(matches!(r, Err(StoreError::Denied { .. })), "{r:?}");
+            absent("k403").await;
+
+            proxy.set_upload_fault(Some(UploadFault::no_such_bucket()));
+            let r = store.put("k404", data[..1000].to_vec(), &posix).await;
+            assert!(r.is_err(), "PUT into a missing bucket: {r:?}");
+            absent("k404").await;
+
+            // Reads still go through while uploads are refused.
+            let mut buf = [0u8; 16];
+            let n = store
+                .get_range("before.txt", 0, &mut buf, None)
+                .await
+                .unwrap();
+            assert_eq!(&buf[..n], b"before");
+
+            // Only parts refused: the upload starts, its part fails, the
+            // abort goes through.
+            proxy.reset();
+            proxy.set_upload_fault(Some(UploadFault::access_denied().parts_only()));
+            let id = store
+                .multipart_start("kparts", &posix)
+                .await
+                .expect("CreateMultipartUpload is not a part");
+            let r = store
+                .multipart_part("kparts", &id, 1, data[..5 << 20].to_vec())
+                .await;
+            assert!(matches!(r, Err(StoreError::Denied { .. })), "{r:?}");
+            store.multipart_abort("kparts", &id).await.expect("abort");
+            let seen: Vec<_> = proxy
+                .requests()
+                .iter()
+                .map(|r| (r.method.clone(), r.status))
+                .collect();
+            assert_eq!(
+                seen,
+                [
+                    ("POST".to_string(), Some(200)),
+                    ("PUT".to_string(), Some(403)),
+                    ("DELETE".to_string(), Some(204))
+                ]
+            );
+            absent("kparts").await;
+
+            // Cleared: a multipart upload goes through whole.
+            proxy.set_upload_fault(None);
+            let id = store.multipart_start("kmulti", &posix).await.unwrap();
+            let p1 = store
+                .multipart_part("kmulti", &id, 1, data[..5 << 20].to_vec())
+                .await
+                .unwrap();
+            let p2 = store
+                .multipart_part("kmulti", &id, 2, data[5 << 20..].to_vec())
+                .await
+                .unwrap();
+            let parts = [
+                tidegate::store::PartDone {
+                    number: 1,
+                    etag: p1,
+                },
+                tidegate::store::PartDone {
+                    number: 2,
+                    etag: p2,
+                },
+            ];
+            store
+                .multipart_complete("kmulti", &id, &parts)
+                .await
+                .unwrap();
+            let mut back = vec![0u8; data.len()];
+            let n = sw_store
+                .get_range("kmulti", 0, &mut back, None)
+                .await
+                .unwrap();
+            assert!(n == data.len() && back == data, "kmulti differs");
+        });
+        assert!(proxy.errors().is_empty(), "{:?}", proxy.errors());
     }
 
     /// More connections than the bound: they wait and are all served.

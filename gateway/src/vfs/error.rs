@@ -44,6 +44,10 @@ pub enum FsError {
     TooBig,
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
+    /// Internal: the file's data left staging between two steps; the
+    /// caller brings it back and retries.
+    #[error("file data is not staged")]
+    NotStaged,
     #[error("attributes changed since the guard was read")]
     NotSync,
     #[error("too large to rename in place")]

@@ -688,9 +688,16 @@ impl Vfs {
         if node.kind() == NodeKind::Dir {
             return Err(FsError::IsDir);
         }
-        self.staged(node, false).await?;
-        let rec = w.write(&node.key, offset, data, stable)?;
-        Ok(self.record_attr(node.id, &rec))
+        // An upload can move the data out of staging between the two
+        // steps: bring it back and try again.
+        for _ in 0..3 {
+            self.staged(node, false).await?;
+            match w.write(&node.key, offset, data, stable) {
+                Err(FsError::NotStaged) => continue,
+                r => return Ok(self.record_attr(node.id, &r?)),
+            }
+        }
+        Err(FsError::Delay)
     }
 
     /// COMMIT.

@@ -8,7 +8,8 @@
 //! the record holds the size that was last made stable, so bytes written
 //! after it (never acknowledged as stable) are cut off at recovery.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use thiserror::Error;
@@ -26,6 +27,20 @@ pub enum JournalError {
     Db(#[from] redb::Error),
     #[error("write journal: record of {key:?} is damaged")]
     Damaged { key: String },
+    #[error("write journal: not open (reopening after an I/O error failed)")]
+    Closed,
+}
+
+impl JournalError {
+    /// Whether the journal failed for lack of space.
+    pub fn is_no_space(&self) -> bool {
+        let JournalError::Db(e) = self else {
+            return false;
+        };
+        let text = e.to_string();
+        matches!(e, redb::Error::Io(io) if io.raw_os_error() == Some(libc::ENOSPC))
+            || text.contains("No space left")
+    }
 }
 
 fn db_err(e: impl Into<redb::Error>) -> JournalError {
@@ -253,25 +268,38 @@ impl Record {
 }
 
 pub struct Journal {
-    db: Database,
+    path: PathBuf,
+    /// `None` only while being reopened.
+    db: Mutex<Option<Database>>,
+}
+
+fn open_db(path: &Path) -> Result<Database, JournalError> {
+    let db = redb::Builder::new()
+        .set_cache_size(JOURNAL_DB_CACHE_BYTES)
+        .create(path)
+        .map_err(db_err)?;
+    let tx = db.begin_write().map_err(db_err)?;
+    tx.open_table(ENTRIES).map_err(db_err)?;
+    tx.open_table(META).map_err(db_err)?;
+    tx.commit().map_err(db_err)?;
+    Ok(db)
 }
 
 impl Journal {
     pub fn open(dir: &Path) -> Result<Journal, JournalError> {
-        let db = redb::Builder::new()
-            .set_cache_size(JOURNAL_DB_CACHE_BYTES)
-            .create(dir.join("journal.redb"))
-            .map_err(db_err)?;
-        let tx = db.begin_write().map_err(db_err)?;
-        tx.open_table(ENTRIES).map_err(db_err)?;
-        tx.open_table(META).map_err(db_err)?;
-        tx.commit().map_err(db_err)?;
-        Ok(Journal { db })
+        let path = dir.join("journal.redb");
+        let db = open_db(&path)?;
+        Ok(Journal {
+            path,
+            db: Mutex::new(Some(db)),
+        })
     }
 
     /// Every record, and the next free staging file number.
     pub fn load(&self) -> Result<(Vec<(String, Record)>, u64), JournalError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
+        let guard = self.db.lock().expect("journal poisoned");
+        let db = guard.as_ref().ok_or(JournalError::Closed)?;
+        let tx = db.begin_read().map_err(db_err)?;
         let t = tx.open_table(ENTRIES).map_err(db_err)?;
         let mut out = Vec::new();
         for row in t.iter().map_err(db_err)? {
@@ -297,7 +325,31 @@ impl Journal {
         changes: &[(&str, Option<&Record>)],
         next_file_no: u64,
     ) -> Result<(), JournalError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
+        let mut guard = self.db.lock().expect("journal poisoned");
+        if guard.is_none() {
+            *guard = Some(open_db(&self.path)?);
+        }
+        let db = guard.as_ref().expect("opened above");
+        let r = Self::apply_in(db, changes, next_file_no);
+        if let Err(e) = &r {
+            // redb refuses every transaction after an I/O error until it is
+            // reopened; what was committed before is intact.
+            tracing::warn!(error = %e, "write journal commit failed; reopening it");
+            *guard = None;
+            match open_db(&self.path) {
+                Ok(db) => *guard = Some(db),
+                Err(e2) => tracing::error!(error = %e2, "reopening the write journal failed"),
+            }
+        }
+        r
+    }
+
+    fn apply_in(
+        db: &Database,
+        changes: &[(&str, Option<&Record>)],
+        next_file_no: u64,
+    ) -> Result<(), JournalError> {
+        let tx = db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(ENTRIES).map_err(db_err)?;
             for (k, r) in changes {

@@ -61,6 +61,9 @@ pub const CLEAN_RECORDS_MAX: usize = 100_000;
 pub const UNCOMMITTED_IDLE: Duration = Duration::from_secs(30);
 /// Records (dirty or not) the overlay may hold.
 pub const RECORDS_MAX: usize = 2_000_000;
+/// Free space on the staging file system that staged data leaves to the
+/// journal: a write that would eat into it answers NOSPC.
+pub const STAGING_RESERVE_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, Clone)]
 pub struct WriteConfig {
@@ -119,6 +122,9 @@ struct Entry {
     /// Last change.
     changed: Instant,
     uploading: bool,
+    /// WRITEs between their two locked sections (bytes going into the
+    /// staging file): no upload starts meanwhile.
+    writes_in_flight: u32,
     /// Failed uploads in a row (backoff).
     failures: u32,
     not_before: Instant,
@@ -133,6 +139,7 @@ impl Entry {
             unstable: false,
             changed: Instant::now(),
             uploading: false,
+            writes_in_flight: 0,
             failures: 0,
             not_before: Instant::now(),
             file: None,
@@ -424,7 +431,14 @@ impl WriteBack {
             .iter()
             .map(|(k, r)| (k.as_str(), r.as_ref()))
             .collect();
-        self.journal.apply(&refs, inner.next_file_no)?;
+        if let Err(e) = self.journal.apply(&refs, inner.next_file_no) {
+            drop(inner);
+            // New staging files no record names: gone with the change.
+            for (n, _) in &files {
+                let _ = std::fs::remove_file(self.staging_path(*n));
+            }
+            return Err(e.into());
+        }
         let mut freed = Vec::new();
         let mut moved_files: Vec<(u64, Arc<File>)> = files;
         // Detach the entries being replaced first, so a rename that moves
@@ -562,27 +576,49 @@ impl WriteBack {
             let over = inner.staged_bytes;
             let e = inner.map.get_mut(key).ok_or(FsError::Stale)?;
             let (Data::Staged(n), Some(f)) = (&e.rec.data, &e.file) else {
-                return Err(FsError::Stale);
+                return Err(FsError::NotStaged);
             };
             let growth = end.saturating_sub(e.rec.size);
             if growth > 0 && over + growth > self.cfg.staged_bytes_max {
                 crate::telemetry::add(crate::telemetry::Counter::WriteDelays, 1);
                 return Err(FsError::Delay);
             }
-            // Before the bytes change: an upload reading now notices.
+            if !self.has_room(data.len() as u64) {
+                return Err(FsError::Local {
+                    op: "write",
+                    path: self.staging.display().to_string(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                });
+            }
+            // Before the bytes change: an upload reading now notices, and
+            // none starts until this write is recorded.
             e.gen = next_gen();
+            e.writes_in_flight += 1;
+            e.changed = Instant::now();
             (f.clone(), *n)
         };
-        file.write_all_at(data, offset)
-            .map_err(|e| local_err("write", &self.staging_path(n), e))?;
-        if stable {
-            file.sync_data()
-                .map_err(|e| local_err("fdatasync", &self.staging_path(n), e))?;
-        }
-        crate::telemetry::add(crate::telemetry::Counter::WriteBytes, data.len() as u64);
+        let io = file
+            .write_all_at(data, offset)
+            .map_err(|e| local_err("write", &self.staging_path(n), e))
+            .and_then(|()| {
+                if stable {
+                    file.sync_data()
+                        .map_err(|e| local_err("fdatasync", &self.staging_path(n), e))
+                } else {
+                    Ok(())
+                }
+            });
         let mut inner = self.lock();
         let next = inner.next_file_no;
         let e = inner.map.get_mut(key).ok_or(FsError::Stale)?;
+        e.writes_in_flight = e.writes_in_flight.saturating_sub(1);
+        io?;
+        if e.rec.data != Data::Staged(n) {
+            // Cannot happen while the write is in flight; never record a
+            // size against other data.
+            return Err(FsError::Delay);
+        }
+        crate::telemetry::add(crate::telemetry::Counter::WriteBytes, data.len() as u64);
         let old_size = e.rec.size;
         let was_dirty = e.rec.dirty;
         e.rec.size = e.rec.size.max(end);
@@ -604,6 +640,23 @@ impl WriteBack {
         let grown = rec.size - if was_dirty { old_size } else { 0 };
         inner.staged_bytes += grown;
         Ok(rec)
+    }
+
+    /// Whether the staging file system keeps room for `bytes` more and
+    /// the journal's reserve ([`STAGING_RESERVE_BYTES`]): staged data never
+    /// takes the space the journal needs to record it.
+    fn has_room(&self, bytes: u64) -> bool {
+        let Ok(c) = std::ffi::CString::new(self.staging.as_os_str().as_encoded_bytes()) else {
+            return true;
+        };
+        // SAFETY: `st` is written by statvfs before being read; `c` is a
+        // valid NUL-terminated path.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return true;
+        }
+        let free = st.f_bavail as u64 * st.f_frsize as u64;
+        free >= bytes.saturating_add(STAGING_RESERVE_BYTES)
     }
 
     /// COMMIT: everything written to `key` so far is on stable storage and

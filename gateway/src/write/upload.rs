@@ -106,7 +106,12 @@ impl WriteBack {
             .collect();
         let mut pick = None;
         for (k, e) in inner.map.iter() {
-            if !e.rec.dirty || e.uploading || inner.busy.contains(k) || e.not_before > now {
+            if !e.rec.dirty
+                || e.uploading
+                || e.writes_in_flight > 0
+                || inner.busy.contains(k)
+                || e.not_before > now
+            {
                 continue;
             }
             let quiet = e.changed.elapsed();
@@ -307,6 +312,10 @@ impl WriteBack {
             return;
         };
         e.uploading = false;
+        let outcome = match outcome {
+            Outcome::Done { .. } if e.writes_in_flight > 0 => Outcome::Changed,
+            o => o,
+        };
         let gen = match work {
             Work::Upload { gen, .. }
             | Work::Copy { gen, .. }
@@ -345,6 +354,8 @@ impl WriteBack {
                     let _ = e;
                     if let Err(err) = self.journal.apply(&[(key, None)], next_no) {
                         tracing::warn!(key, error = %err, "journal update failed");
+                        e.failures = e.failures.saturating_add(1);
+                        e.not_before = Instant::now() + BACKOFF_MAX.min(BACKOFF_FIRST * e.failures);
                     } else {
                         inner.map.remove(key);
                     }
@@ -362,7 +373,13 @@ impl WriteBack {
                         };
                     }
                     match self.journal.apply(&[(key, Some(&rec))], next_no) {
-                        Err(err) => tracing::warn!(key, error = %err, "journal update failed"),
+                        Err(err) => {
+                            tracing::warn!(key, error = %err, "journal update failed");
+                            telemetry::add(Counter::UploadFailures, 1);
+                            e.failures = e.failures.saturating_add(1);
+                            e.not_before =
+                                Instant::now() + BACKOFF_MAX.min(BACKOFF_FIRST * e.failures);
+                        }
                         Ok(()) => {
                             e.rec = rec;
                             e.file = None;
