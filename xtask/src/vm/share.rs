@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! bin/        tidegate, tidegate-guest (and pjdfstest), statically linked
-//! vm/         runner.sh, lib.sh, scenarios/NAME.sh (the selected ones) and
+//! vm/         runner.sh, lib.sh, pjdfstest-exclusions.txt, scenarios/NAME.sh (the selected ones) and
 //!             scenarios/NAME.env (how that scenario's gateway runs: source,
 //!             S3 endpoint and keys, extra arguments; sourced by the runner)
 //! run.conf    what the runner runs this boot (rewritten per boot)
@@ -178,7 +178,7 @@ pub fn prepare(i: &Inputs) -> Result<Share> {
     let vm = dir.join("vm");
     reset_dir(&vm.join("scenarios"))?;
     let src = i.root.join("tests/vm");
-    for f in ["runner.sh", "lib.sh"] {
+    for f in ["runner.sh", "lib.sh", "pjdfstest-exclusions.txt"] {
         copy(&src.join(f), &vm.join(f))?;
     }
     for s in i.scenarios {
