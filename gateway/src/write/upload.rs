@@ -13,6 +13,8 @@ use crate::telemetry::{self, Counter};
 
 /// How often the uploader looks for due work when nothing wakes it.
 const TICK: Duration = Duration::from_millis(200);
+/// Shortest time between two scans for due work.
+const SCAN_INTERVAL_MIN: Duration = Duration::from_millis(20);
 /// Parts of one multipart upload in flight at once.
 const PARTS_IN_FLIGHT_MAX: usize = 4;
 /// Longest wait between retries of a failing key.
@@ -64,6 +66,9 @@ impl WriteBack {
     pub async fn run_uploader(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tasks: JoinSet<()> = JoinSet::new();
         loop {
+            // A scan walks every record: at most one per SCAN_INTERVAL_MIN
+            // however often changes wake the uploader.
+            let scanned = Instant::now();
             while tasks.len() < self.cfg.uploads_max {
                 let Some((key, work, rec)) = self.next_work() else {
                     break;
@@ -80,7 +85,12 @@ impl WriteBack {
                         break;
                     }
                 }
-                _ = self.wake.notified() => {}
+                _ = self.wake.notified() => {
+                    let since = scanned.elapsed();
+                    if since < SCAN_INTERVAL_MIN {
+                        tokio::time::sleep(SCAN_INTERVAL_MIN - since).await;
+                    }
+                }
                 _ = tokio::time::sleep(TICK) => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
