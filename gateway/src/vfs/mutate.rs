@@ -724,8 +724,9 @@ impl Vfs {
         let attr = self.getattr(node).await?;
         let sa = &self.setattr_allowed(&attr, sa, &cred)?;
         if let Some(g) = guard {
-            let (a, b) = (ns_of(g) / 1000, ns_of(attr.ctime) / 1000);
-            if a != b && ns_of(g) / 1_000_000_000 != ns_of(attr.ctime) / 1_000_000_000 {
+            // The guard is the ctime this gateway reported, to the
+            // nanosecond.
+            if ns_of(g) != ns_of(attr.ctime) {
                 return Err(FsError::NotSync);
             }
         }
