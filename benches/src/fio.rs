@@ -17,7 +17,8 @@ use anyhow::{bail, Context, Result};
 use crate::json::{self, Value};
 use crate::sandbox::{self, Sandbox};
 
-/// The read-side metrics of one fio job.
+/// The metrics of one fio job in one direction: its reads (the name), or
+/// its writes when parsed with [`parse_write_stats`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadStats {
     pub job: String,
@@ -41,6 +42,31 @@ impl ReadStats {
 /// Parses fio's `--output-format=json` output and returns every job's read
 /// statistics. Text before the first `{` (fio's notes) is skipped.
 pub fn parse_read_stats(text: &str) -> Result<Vec<ReadStats>> {
+    parse_stats(text, Ddir::Read)
+}
+
+/// As [`parse_read_stats`], for the numbers under `write`.
+pub fn parse_write_stats(text: &str) -> Result<Vec<ReadStats>> {
+    parse_stats(text, Ddir::Write)
+}
+
+/// Which side of a job's numbers to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ddir {
+    Read,
+    Write,
+}
+
+impl Ddir {
+    fn key(self) -> &'static str {
+        match self {
+            Ddir::Read => "read",
+            Ddir::Write => "write",
+        }
+    }
+}
+
+fn parse_stats(text: &str, ddir: Ddir) -> Result<Vec<ReadStats>> {
     let start = text.find('{').context("no JSON object in fio output")?;
     let doc = json::parse(&text[start..]).context("parse fio JSON")?;
     let jobs = doc
@@ -50,7 +76,7 @@ pub fn parse_read_stats(text: &str) -> Result<Vec<ReadStats>> {
     if jobs.is_empty() {
         bail!("fio JSON has an empty jobs array");
     }
-    jobs.iter().map(job_stats).collect()
+    jobs.iter().map(|job| job_stats(job, ddir)).collect()
 }
 
 /// The fio version string from its JSON output, when present.
@@ -60,7 +86,8 @@ pub fn version(text: &str) -> Option<String> {
     doc.get("fio version")?.as_str().map(str::to_owned)
 }
 
-fn job_stats(job: &Value) -> Result<ReadStats> {
+fn job_stats(job: &Value, ddir: Ddir) -> Result<ReadStats> {
+    let side = ddir.key();
     let name = job
         .get("jobname")
         .and_then(Value::as_str)
@@ -72,10 +99,10 @@ fn job_stats(job: &Value) -> Result<ReadStats> {
             .with_context(|| format!("fio job {name}: missing {}", path.join(".")))
     };
     let percentile = |p: &str| -> Result<f64> {
-        let ns = num(&["read", "clat_ns", "percentile", p])?;
+        let ns = num(&[side, "clat_ns", "percentile", p])?;
         Ok(ns / 1000.0)
     };
-    let io_bytes = num(&["read", "io_bytes"])?;
+    let io_bytes = num(&[side, "io_bytes"])?;
     // With no completed I/O fio leaves the percentile map out.
     let (p50, p99) = if io_bytes > 0.0 {
         (percentile("50.000000")?, percentile("99.000000")?)
@@ -85,10 +112,10 @@ fn job_stats(job: &Value) -> Result<ReadStats> {
     Ok(ReadStats {
         error: num(&["error"])? as i64,
         io_bytes: io_bytes as u64,
-        runtime_ms: num(&["read", "runtime"])? as u64,
-        bw_bytes_per_s: num(&["read", "bw_bytes"])?,
-        iops: num(&["read", "iops"])?,
-        clat_us_mean: num(&["read", "clat_ns", "mean"])? / 1000.0,
+        runtime_ms: num(&[side, "runtime"])? as u64,
+        bw_bytes_per_s: num(&[side, "bw_bytes"])?,
+        iops: num(&[side, "iops"])?,
+        clat_us_mean: num(&[side, "clat_ns", "mean"])? / 1000.0,
         clat_us_p50: p50,
         clat_us_p99: p99,
         job: name,
@@ -126,9 +153,21 @@ impl Measured {
 /// version.
 pub fn run(
     sb: &Sandbox,
+    cmd: Command,
+    out: &Path,
+    timeout: Duration,
+) -> Result<(Measured, String)> {
+    run_ddir(sb, cmd, out, timeout, Ddir::Read)
+}
+
+/// As [`run`], for a job whose numbers are those of `ddir` (a write job's
+/// bytes cross `lo` too, client to server).
+pub fn run_ddir(
+    sb: &Sandbox,
     mut cmd: Command,
     out: &Path,
     timeout: Duration,
+    ddir: Ddir,
 ) -> Result<(Measured, String)> {
     let stderr_path = out.with_extension("stderr");
     let stderr =
@@ -147,7 +186,7 @@ pub fn run(
         bail!("fio failed ({status}): {errors}");
     }
     let text = fs::read_to_string(out).with_context(|| format!("read {}", out.display()))?;
-    let mut stats = parse_read_stats(&text)?;
+    let mut stats = parse_stats(&text, ddir)?;
     let stats = stats.remove(0);
     if stats.error != 0 {
         bail!(
@@ -158,8 +197,12 @@ pub fn run(
     }
     if lo_bytes < stats.io_bytes {
         bail!(
-            "fio reports {} bytes read but only {lo_bytes} bytes crossed lo",
-            stats.io_bytes
+            "fio reports {} bytes {} but only {lo_bytes} bytes crossed lo",
+            stats.io_bytes,
+            match ddir {
+                Ddir::Read => "read",
+                Ddir::Write => "written",
+            }
         );
     }
     Ok((
@@ -301,6 +344,53 @@ impl SeqRead<'_> {
     }
 }
 
+/// One sequential write of a whole new file in 1 MiB requests, `iodepth`
+/// of them in flight on one connection (not time-based). fio's nfs engine
+/// opens the file with `O_CREAT` (libnfs CREATEs it when missing) and
+/// libnfs sends every WRITE `UNSTABLE`; neither fio's close nor libnfs's
+/// sends a COMMIT, so the data is on stable storage only once the caller
+/// commits it.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqWrite<'a> {
+    /// fio built with the nfs engine.
+    pub fio: &'a Path,
+    /// libnfs URL of the export root.
+    pub url: &'a str,
+    pub file_name: &'a str,
+    pub size_bytes: u64,
+    pub iodepth: u32,
+}
+
+impl SeqWrite<'_> {
+    /// Runs the write with JSON output to `out`; fails unless every byte
+    /// was written. The job is named after `out`'s file stem. Returns
+    /// fio's write-side numbers and its version.
+    pub fn run(&self, sb: &Sandbox, out: &Path, timeout: Duration) -> Result<(Measured, String)> {
+        let name = out
+            .file_stem()
+            .map_or("write".into(), |s| s.to_string_lossy());
+        let mut cmd = sb.command(self.fio);
+        cmd.arg(format!("--name={name}"))
+            .arg("--ioengine=nfs")
+            .arg(format!("--nfs_url={}", self.url))
+            .arg(format!("--filename={}", self.file_name))
+            .arg(format!("--size={}", self.size_bytes))
+            .args(["--rw=write", "--bs=1M"])
+            .arg(format!("--iodepth={}", self.iodepth))
+            .arg("--percentile_list=50:99:99.9");
+        let (m, version) = run_ddir(sb, cmd, out, timeout, Ddir::Write)?;
+        if m.stats.io_bytes != self.size_bytes {
+            bail!(
+                "wrote {} bytes of {}, expected {}",
+                m.stats.io_bytes,
+                self.file_name,
+                self.size_bytes
+            );
+        }
+        Ok((m, version))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,6 +432,21 @@ mod tests {
         assert!((s.clat_us_p99 - 3719.168).abs() < 1e-9);
         assert!((s.clat_us_mean - 1200.0005).abs() < 1e-9);
         assert_eq!(version(SAMPLE).as_deref(), Some("fio-3.33"));
+    }
+
+    #[test]
+    fn extracts_write_stats() {
+        let text = SAMPLE.replace(
+            r#""write" : { "io_bytes" : 0 }"#,
+            r#""write" : { "io_bytes" : 1048576, "bw_bytes" : 524288, "iops" : 0.5,
+                "runtime" : 2000, "clat_ns" : { "mean" : 3000.0,
+                "percentile" : { "50.000000" : 2000, "99.000000" : 4000 } } }"#,
+        );
+        let w = &parse_write_stats(&text).unwrap()[0];
+        assert_eq!((w.io_bytes, w.runtime_ms), (1 << 20, 2000));
+        assert!((w.mib_per_s() - 0.5).abs() < 1e-9);
+        assert!((w.clat_us_p99 - 4.0).abs() < 1e-9);
+        assert_eq!(parse_read_stats(&text).unwrap()[0].io_bytes, 2 << 30);
     }
 
     #[test]

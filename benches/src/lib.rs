@@ -22,7 +22,9 @@
 //! same bucket ([`servers`]); the same servers, and tidegate without
 //! prefetch, read it cold through a proxy that delays every S3 answer
 //! ([`latency`]); and, with `--listing`, the scale of one huge directory
-//! listing ([`listing`]).
+//! listing ([`listing`]). The write section ([`write`]) measures sequential
+//! write throughput against Ganesha and the time to save a checkpoint into
+//! S3 (write, rename, until the object is whole) against s3fs.
 //!
 //! This library holds the parts that are worth unit-testing on their own:
 //! a small JSON reader/writer ([`json`]), fio result extraction ([`fio`]),
@@ -43,6 +45,7 @@ pub mod seaweed;
 pub mod servers;
 pub mod tree;
 pub mod warm;
+pub mod write;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -66,6 +66,8 @@ impl Response {
 #[derive(Debug, Default)]
 pub struct ListPage {
     pub keys: Vec<String>,
+    /// `sizes[i]` is the size of `keys[i]` in bytes.
+    pub sizes: Vec<u64>,
     pub prefixes: Vec<String>,
     pub next_token: Option<String>,
 }
@@ -183,7 +185,12 @@ impl S3Client {
         let mut page = ListPage::default();
         for contents in elements(&text, "Contents") {
             if let Some(k) = elements(contents, "Key").next() {
+                let size = elements(contents, "Size")
+                    .next()
+                    .and_then(|v| v.trim().parse().ok())
+                    .with_context(|| format!("LIST {prefix}: no Size for key {k:?}"))?;
                 page.keys.push(xml_unescape(k));
+                page.sizes.push(size);
             }
         }
         for cp in elements(&text, "CommonPrefixes") {
@@ -202,6 +209,28 @@ impl S3Client {
             );
         }
         Ok(page)
+    }
+
+    /// Every object directly under `prefix` (not below a further `/`)
+    /// with its size, following continuation tokens for at most
+    /// `pages_max` pages.
+    pub fn list_objects(
+        &mut self,
+        bucket: &str,
+        prefix: &str,
+        pages_max: u32,
+    ) -> Result<Vec<(String, u64)>> {
+        let mut objects = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..pages_max {
+            let page = self.list_page(bucket, prefix, token.as_deref(), 1000)?;
+            objects.extend(page.keys.into_iter().zip(page.sizes));
+            token = page.next_token;
+            if token.is_none() {
+                return Ok(objects);
+            }
+        }
+        bail!("LIST {prefix}: more than {pages_max} pages")
     }
 
     fn request(

@@ -134,6 +134,21 @@ impl Sandbox {
         cmd
     }
 
+    /// A command that runs `program` in the namespace's network but in
+    /// the harness's own mount namespace (`nsenter --net`), in its own
+    /// process group. Unlike [`Sandbox::command`] (whose `ip netns exec`
+    /// makes a private mount namespace), a file system it mounts — a FUSE
+    /// daemon's — is visible to the harness; its owner must unmount it.
+    pub fn command_net_only(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(program)
+            .stdin(Stdio::null())
+            .process_group(0);
+        cmd
+    }
+
     /// Starts a server in the sandbox with output to `log`; it is killed
     /// at teardown.
     pub fn spawn_service(&mut self, name: &str, mut cmd: Command, log: &Path) -> Result<()> {

@@ -30,6 +30,8 @@ use crate::vfs::Vfs;
 
 /// How often the control thread checks that the cache device is still there.
 const DEVICE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long shutdown waits for the uploader to wind down.
+const UPLOADER_STOP_WAIT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for connections to finish their calls.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed accept (e.g. out of descriptors) before retrying.
@@ -460,8 +462,11 @@ impl Control {
                 }
             }
         }
+        let mut uploader = None;
         if let Some(w) = self.services.vfs.write_back() {
-            tokio::task::spawn_local(w.clone().run_uploader(self.shutdown.clone()));
+            uploader = Some(tokio::task::spawn_local(
+                w.clone().run_uploader(self.shutdown.clone()),
+            ));
             let weak = Arc::downgrade(w);
             crate::telemetry::set_refresher(move || {
                 if let Some(w) = weak.upgrade() {
@@ -485,6 +490,10 @@ impl Control {
                     }
                 }
             }
+        }
+        // Let the uploader abandon interrupted multipart uploads.
+        if let Some(u) = uploader {
+            let _ = tokio::time::timeout(UPLOADER_STOP_WAIT, u).await;
         }
     }
 }

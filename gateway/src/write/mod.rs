@@ -156,6 +156,9 @@ struct Inner {
     clean: VecDeque<(String, u64)>,
     /// Keys with a store request in flight.
     busy: HashSet<String>,
+    /// Multipart uploads in flight (key → upload id): aborted at
+    /// shutdown so no parts are left behind.
+    multiparts: std::collections::HashMap<String, String>,
 }
 
 pub struct WriteBack {
@@ -276,6 +279,7 @@ impl WriteBack {
                 staged_bytes,
                 clean,
                 busy: HashSet::new(),
+                multiparts: std::collections::HashMap::new(),
             }),
             verifier: random_verifier(),
             wake: tokio::sync::Notify::new(),
@@ -463,11 +467,21 @@ impl WriteBack {
         for ((k, r), o) in changes.into_iter().zip(old) {
             let Some(rec) = r else { continue };
             let mut e = Entry::new(rec);
-            if let Some(o) = o {
+            match o {
                 // Same data: keep what is known about its state.
-                if o.rec.data == e.rec.data {
-                    e.unstable = o.unstable;
+                Some(o) if o.rec.data == e.rec.data => e.unstable = o.unstable,
+                Some(_) => {}
+                // A file just created (or emptied into new staging): its
+                // writer has not committed anything yet, so no empty
+                // object goes up before the data (or the 30 s idle bound).
+                None if e.rec.kind == Kind::File
+                    && e.rec.dirty
+                    && e.rec.size == 0
+                    && matches!(e.rec.data, Data::Staged(_)) =>
+                {
+                    e.unstable = true
                 }
+                None => {}
             }
             if let Data::Staged(n) = e.rec.data {
                 e.file = moved_files

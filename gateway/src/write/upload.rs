@@ -13,6 +13,8 @@ use crate::telemetry::{self, Counter};
 
 /// How often the uploader looks for due work when nothing wakes it.
 const TICK: Duration = Duration::from_millis(200);
+/// How long shutdown waits to abandon each interrupted multipart upload.
+const SHUTDOWN_ABORT_WAIT: Duration = Duration::from_secs(2);
 /// Shortest time between two scans for due work.
 const SCAN_INTERVAL_MIN: Duration = Duration::from_millis(20);
 /// Parts of one multipart upload in flight at once.
@@ -96,6 +98,21 @@ impl WriteBack {
             }
         }
         tasks.abort_all();
+        // Uploads cut short leave parts in the store: abandon them.
+        let open: Vec<(String, String)> = self.lock().multiparts.drain().collect();
+        for (key, id) in open {
+            match tokio::time::timeout(SHUTDOWN_ABORT_WAIT, self.store.multipart_abort(&key, &id))
+                .await
+            {
+                Ok(Ok(())) => tracing::info!(
+                    key,
+                    "interrupted upload abandoned; it restarts on the next start"
+                ),
+                _ => {
+                    tracing::warn!(key, upload_id = %id, "could not abandon an interrupted multipart upload; its parts stay in the store until a lifecycle rule removes them")
+                }
+            }
+        }
     }
 
     /// The next key that is due, marked busy.
@@ -251,6 +268,27 @@ impl WriteBack {
             Ok(id) => id,
             Err(e) => return Outcome::Failed(e),
         };
+        self.lock()
+            .multiparts
+            .insert(key.to_string(), upload_id.clone());
+        let r = self
+            .upload_parts(key, file_no, size, gen, part, &upload_id)
+            .await;
+        self.lock().multiparts.remove(key);
+        r
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        file_no: u64,
+        size: u64,
+        gen: u64,
+        part: u64,
+        upload_id: &str,
+    ) -> Outcome {
+        let store = self.store.clone();
+        let upload_id = upload_id.to_string();
         let parts_n = size.div_ceil(part);
         let mut done: Vec<PartDone> = Vec::with_capacity(parts_n as usize);
         let mut in_flight: JoinSet<Result<PartDone, StoreError>> = JoinSet::new();
