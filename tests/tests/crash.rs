@@ -314,7 +314,7 @@ fn kill_9_during_writes_loses_nothing_acknowledged_and_never_shows_a_partial_obj
     let started = Instant::now();
     for trial in 0..trials {
         let (mut client, root) = rig.connect();
-        let kill_after = Duration::from_millis(20 + rng.next_u64() % 900);
+        let kill_after = Duration::from_millis(20 + rng.next_u64() % 2000);
         let mut wrng = Rng::new(rng.next_u64());
         let ex = expect.clone();
         let worker = std::thread::spawn(move || {

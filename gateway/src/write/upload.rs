@@ -13,6 +13,9 @@ use crate::telemetry::{self, Counter};
 
 /// How often the uploader looks for due work when nothing wakes it.
 const TICK: Duration = Duration::from_millis(200);
+/// Pause before the first upload when the journal owes the store
+/// something at start-up.
+const RESTART_GRACE: Duration = Duration::from_secs(1);
 /// How long shutdown waits to abandon each interrupted multipart upload.
 const SHUTDOWN_ABORT_WAIT: Duration = Duration::from_secs(2);
 /// Shortest time between two scans for due work.
@@ -67,6 +70,15 @@ impl WriteBack {
     /// `LocalSet`.
     pub async fn run_uploader(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tasks: JoinSet<()> = JoinSet::new();
+        if self.pending().keys > 0 {
+            // Requests of a previous run that died may still be landing in
+            // the store; an upload racing one of them could be overtaken
+            // by the older data.
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(RESTART_GRACE) => {}
+            }
+        }
         loop {
             // A scan walks every record: at most one per SCAN_INTERVAL_MIN
             // however often changes wake the uploader.
