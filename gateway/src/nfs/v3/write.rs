@@ -74,6 +74,16 @@ async fn attr_of(ctx: &Ctx<'_, '_>, h: &[u8]) -> Option<Attr> {
     ctx.call.vfs.getattr(&n).await.ok()
 }
 
+/// A failed procedure on the file `h`: its status, then wcc_data with the
+/// file's attributes as they are now.
+async fn fail_with_wcc(ctx: &Ctx<'_, '_>, out: &mut Vec<u8>, name: &str, h: &[u8], err: FsError) {
+    log_error(name, &err);
+    let a = attr_of(ctx, h).await;
+    let mut e = Encoder::new(out);
+    e.u32(status_of(&err));
+    wcc(&mut e, ctx.fsid, a.as_ref());
+}
+
 pub(super) async fn setattr(
     ctx: &Ctx<'_, '_>,
     d: &mut Decoder<'_>,
@@ -97,12 +107,7 @@ pub(super) async fn setattr(
             e.u32(NFS3_OK);
             wcc(&mut e, ctx.fsid, Some(&a));
         }
-        Err(err) => {
-            log_error("SETATTR", &err);
-            e.u32(status_of(&err));
-            let a = attr_of(ctx, h).await;
-            wcc(&mut Encoder::new(out), ctx.fsid, a.as_ref());
-        }
+        Err(err) => fail_with_wcc(ctx, out, "SETATTR", h, err).await,
     }
     Ok(())
 }
@@ -138,12 +143,7 @@ pub(super) async fn write(
             });
             e.opaque_fixed(&verf);
         }
-        Err(err) => {
-            log_error("WRITE", &err);
-            e.u32(status_of(&err));
-            let a = attr_of(ctx, h).await;
-            wcc(&mut Encoder::new(out), ctx.fsid, a.as_ref());
-        }
+        Err(err) => fail_with_wcc(ctx, out, "WRITE", h, err).await,
     }
     Ok(())
 }
@@ -354,12 +354,7 @@ pub(super) async fn commit(
             wcc(&mut e, ctx.fsid, Some(&a));
             e.opaque_fixed(&verf);
         }
-        Err(err) => {
-            log_error("COMMIT", &err);
-            e.u32(status_of(&err));
-            let a = attr_of(ctx, h).await;
-            wcc(&mut Encoder::new(out), ctx.fsid, a.as_ref());
-        }
+        Err(err) => fail_with_wcc(ctx, out, "COMMIT", h, err).await,
     }
     Ok(())
 }
