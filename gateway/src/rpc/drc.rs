@@ -21,6 +21,10 @@ pub const DRC_ENTRIES_MAX: usize = 16_384;
 pub const DRC_BYTES_MAX: usize = 16 << 20;
 /// How long a reply is kept.
 pub const DRC_AGE_MAX: Duration = Duration::from_secs(120);
+/// Argument bytes the key's checksum covers (with their length): enough
+/// to tell a retransmission from a new call that reuses the xid, without
+/// checksumming every byte of a 1 MiB WRITE.
+pub const DRC_ARGS_CRC_BYTES_MAX: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CallKey {
@@ -47,7 +51,10 @@ impl CallKey {
             prog,
             vers,
             proc_num,
-            args_crc: crc32c::crc32c(args),
+            args_crc: crc32c::crc32c_append(
+                crc32c::crc32c(&args[..args.len().min(DRC_ARGS_CRC_BYTES_MAX)]),
+                &(args.len() as u64).to_le_bytes(),
+            ),
         }
     }
 }

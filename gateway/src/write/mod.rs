@@ -64,6 +64,10 @@ pub const RECORDS_MAX: usize = 2_000_000;
 /// Free space on the staging file system that staged data leaves to the
 /// journal: a write that would eat into it answers NOSPC.
 pub const STAGING_RESERVE_BYTES: u64 = 4 << 20;
+/// How old a free-space reading may be when far from the reserve.
+const ROOM_RECHECK: Duration = Duration::from_millis(100);
+/// "Far" from the reserve: more than this much above it.
+const ROOM_SLACK_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Clone)]
 pub struct WriteConfig {
@@ -169,6 +173,11 @@ pub struct WriteBack {
     inner: Mutex<Inner>,
     verifier: [u8; 8],
     wake: tokio::sync::Notify,
+    /// Free bytes on the staging file system at the last reading, and
+    /// when (ms since `epoch`).
+    room_free: std::sync::atomic::AtomicU64,
+    room_at_ms: std::sync::atomic::AtomicU64,
+    epoch: Instant,
 }
 
 /// Numbers for `tidegate status` and the metrics.
@@ -283,6 +292,9 @@ impl WriteBack {
             }),
             verifier: random_verifier(),
             wake: tokio::sync::Notify::new(),
+            room_free: std::sync::atomic::AtomicU64::new(0),
+            room_at_ms: std::sync::atomic::AtomicU64::new(0),
+            epoch: Instant::now(),
             cfg,
         })
     }
@@ -660,6 +672,18 @@ impl WriteBack {
     /// the journal's reserve ([`STAGING_RESERVE_BYTES`]): staged data never
     /// takes the space the journal needs to record it.
     fn has_room(&self, bytes: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Far from full, a reading up to ROOM_RECHECK old will do; near
+        // the reserve every write looks again.
+        let free = self.room_free.load(Relaxed);
+        let age_ms =
+            (self.epoch.elapsed().as_millis() as u64).saturating_sub(self.room_at_ms.load(Relaxed));
+        if age_ms < ROOM_RECHECK.as_millis() as u64
+            && free >= bytes.saturating_add(STAGING_RESERVE_BYTES + ROOM_SLACK_BYTES)
+        {
+            self.room_free.fetch_sub(bytes.min(free), Relaxed);
+            return true;
+        }
         let Ok(c) = std::ffi::CString::new(self.staging.as_os_str().as_encoded_bytes()) else {
             return true;
         };
@@ -670,6 +694,9 @@ impl WriteBack {
             return true;
         }
         let free = st.f_bavail as u64 * st.f_frsize as u64;
+        self.room_free.store(free, Relaxed);
+        self.room_at_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Relaxed);
         free >= bytes.saturating_add(STAGING_RESERVE_BYTES)
     }
 
