@@ -37,8 +37,6 @@ const FIRST_BYTE_DELAY: Duration = Duration::from_millis(20);
 
 /// The object of the sequential speed test.
 const SEQ_OBJECT_BYTES: u64 = 64 * MIB;
-/// Least speed-up of a cold sequential read with prefetch over without.
-const SPEEDUP_MIN: f64 = 5.0;
 
 /// The object of the random-read test.
 const RANDOM_OBJECT_BYTES: u64 = 256 * MIB;
@@ -324,11 +322,14 @@ fn timed_cold_pass(rig: &mut Rig, o: &Object, name: &str, flags: &[&str]) -> Pas
 }
 
 /// One stream, one 1 MiB READ in flight at a time, every S3 answer 20 ms
-/// late: with prefetch the cold read is at least 5× faster than without.
-/// Two gateways one after the other (each with a fresh cache file) over
-/// the same SeaweedFS and proxy; the claim is their ratio, never a speed.
+/// late: with prefetch the reader waits for the store on a handful of
+/// blocks at the start and finds the rest already fetched; without it,
+/// every block is a miss. Two gateways one after the other (each with a
+/// fresh cache file) over the same SeaweedFS and proxy. The speed-up is
+/// printed, not asserted: speed is the benchmark's business (`cargo xtask
+/// bench --latency-only` compares it side by side).
 #[test]
-fn cold_sequential_read_with_prefetch_is_5x_faster() {
+fn cold_sequential_read_is_served_by_prefetch() {
     let _lock = timing_lock(true);
     let o = Object::new("seq/big.bin", SEQ_OBJECT_BYTES, fresh_seed());
     let mut rig = Rig::s3();
@@ -343,7 +344,7 @@ fn cold_sequential_read_with_prefetch_is_5x_faster() {
          prefetch off: {:.2?} = {:.1} MiB/s, {} GETs (warm: {:.0} MiB/s); READ n sent at ms: {}\n  \
          prefetch on:  {:.2?} = {:.1} MiB/s, {} GETs (warm: {:.0} MiB/s); READ n sent at ms: {}\n  \
          prefetch on: cache_misses_total={} {}\n  \
-         speed-up {ratio:.2}× (want ≥ {SPEEDUP_MIN}×)",
+         speed-up {ratio:.2}×",
         mib(SEQ_OBJECT_BYTES),
         off.took,
         off.mib_per_s(),
@@ -370,9 +371,21 @@ fn cold_sequential_read_with_prefetch_is_5x_faster() {
         "prefetch on prefetched nothing: {}",
         prefetch_brief(&on.stats)
     );
+    let blocks = SEQ_OBJECT_BYTES.div_ceil(1 << 20);
+    assert_eq!(
+        off.stats.get("cache_misses_total"),
+        blocks,
+        "without prefetch every block is a miss:\n{report}"
+    );
     assert!(
-        ratio >= SPEEDUP_MIN,
-        "a cold sequential read with prefetch was only {ratio:.2}× as fast as without:\n{report}"
+        on.stats.get("cache_misses_total") <= blocks / 8,
+        "with prefetch the reader still waited on {} of {blocks} blocks:\n{report}",
+        on.stats.get("cache_misses_total")
+    );
+    assert!(
+        on.stats.get("prefetch_hits_total") >= blocks - blocks / 8,
+        "prefetched blocks the reader used: {} of {blocks}:\n{report}",
+        on.stats.get("prefetch_hits_total")
     );
 }
 
