@@ -256,12 +256,23 @@ impl Vfs {
 
     /// Current attributes; `Stale` when the object is gone.
     pub async fn getattr(&self, node: &Node) -> FsResult<Attr> {
+        Ok(self.attr_and_record(node).await?.0)
+    }
+
+    /// Current attributes and the overlay's record they came from (one
+    /// overlay lookup for a READ's attributes and data).
+    async fn attr_and_record(&self, node: &Node) -> FsResult<(Attr, Option<Record>)> {
         if let Some(r) = self.overlay(&node.key) {
             return match r.kind {
                 WKind::Gone => Err(FsError::Stale),
-                _ => Ok(self.record_attr(node.id, &r)),
+                _ => Ok((self.record_attr(node.id, &r), Some(r))),
             };
         }
+        Ok((self.store_attr(node).await?, None))
+    }
+
+    /// Attributes from the metadata cache or the store.
+    async fn store_attr(&self, node: &Node) -> FsResult<Attr> {
         if let Some(a) = self.meta.attr(node.id) {
             return Ok(a);
         }
@@ -421,8 +432,8 @@ impl Vfs {
         if node.kind() == NodeKind::Dir {
             return Err(FsError::IsDir);
         }
-        let attr = self.getattr(node).await?;
-        if let Some(r) = self.overlay(&node.key) {
+        let (attr, rec) = self.attr_and_record(node).await?;
+        if let Some(r) = rec {
             return self.read_record(&r, attr, offset, buf).await;
         }
         if offset >= attr.size || buf.is_empty() {
@@ -474,11 +485,11 @@ impl Vfs {
         if node.kind() == NodeKind::Dir {
             return Some(Err(FsError::IsDir));
         }
-        let mut attr = match self.getattr(node).await {
-            Ok(a) => a,
+        let (mut attr, rec) = match self.attr_and_record(node).await {
+            Ok(x) => x,
             Err(e) => return Some(Err(e)),
         };
-        if let Some(r) = self.overlay(&node.key) {
+        if let Some(r) = rec {
             let WData::Remote { src, etag } = &r.data else {
                 // Staged data (or not a file): the plain read path.
                 return None;

@@ -125,7 +125,6 @@ struct Entry {
     unstable: bool,
     /// Last change.
     changed: Instant,
-    uploading: bool,
     /// WRITEs between their two locked sections (bytes going into the
     /// staging file): no upload starts meanwhile.
     writes_in_flight: u32,
@@ -142,7 +141,6 @@ impl Entry {
             gen: next_gen(),
             unstable: false,
             changed: Instant::now(),
-            uploading: false,
             writes_in_flight: 0,
             failures: 0,
             not_before: Instant::now(),
@@ -362,28 +360,6 @@ impl WriteBack {
             }
         }
         out
-    }
-
-    /// Whether any key below `dir_key` is present in the overlay, and the
-    /// set of direct-child suffixes it hides (whiteouts).
-    pub fn below(&self, dir_key: &str) -> (bool, HashSet<String>) {
-        let inner = self.lock();
-        let mut present = false;
-        let mut gone = HashSet::new();
-        for (k, e) in inner
-            .map
-            .range::<str, _>((Bound::Excluded(dir_key), Bound::Unbounded))
-        {
-            if !k.starts_with(dir_key) {
-                break;
-            }
-            if e.rec.kind == Kind::Gone {
-                gone.insert(k[dir_key.len()..].to_string());
-            } else {
-                present = true;
-            }
-        }
-        (present, gone)
     }
 
     /// Every record below `dir_key` (any depth), with its key suffix.

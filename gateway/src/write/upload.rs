@@ -146,7 +146,6 @@ impl WriteBack {
         let mut pick = None;
         for (k, e) in inner.map.iter() {
             if !e.rec.dirty
-                || e.uploading
                 || e.writes_in_flight > 0
                 || inner.busy.contains(k)
                 || e.not_before > now
@@ -193,9 +192,6 @@ impl WriteBack {
                 return None;
             }
             inner = self.lock();
-        }
-        if let Some(e) = inner.map.get_mut(&key) {
-            e.uploading = true;
         }
         inner.busy.insert(key.clone());
         Some((key, work, rec))
@@ -371,7 +367,6 @@ impl WriteBack {
             self.wake.notify_one();
             return;
         };
-        e.uploading = false;
         let outcome = match outcome {
             Outcome::Done { .. } if e.writes_in_flight > 0 => Outcome::Changed,
             o => o,
