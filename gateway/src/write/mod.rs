@@ -663,9 +663,10 @@ impl WriteBack {
         let Ok(c) = std::ffi::CString::new(self.staging.as_os_str().as_encoded_bytes()) else {
             return true;
         };
-        // SAFETY: `st` is written by statvfs before being read; `c` is a
-        // valid NUL-terminated path.
+        // SAFETY: statvfs is plain data; all zeroes is a valid value.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a valid NUL-terminated path and `st` a writable
+        // statvfs that outlives the call.
         if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
             return true;
         }
