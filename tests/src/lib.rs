@@ -30,6 +30,7 @@ pub mod backend;
 pub mod cache_rig;
 pub mod data;
 pub mod json;
+pub mod privileged;
 pub mod rpc;
 pub mod s3;
 pub mod s3proxy;

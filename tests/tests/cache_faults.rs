@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tidegate_tests::cache_rig::{objects, Object, Rig, Stats, MIB, READ_CHUNK_BYTES};
 use tidegate_tests::data::{fresh_seed, SplitMix64};
+use tidegate_tests::privileged::{require_root, sh, Tmpfs};
 
 const KIB: u64 = 1024;
 /// The memory tier is off in these tests: every cached read and every
@@ -18,72 +19,6 @@ const KIB: u64 = 1024;
 const NO_MEMORY_TIER: &[&str] = &["--cache-memory", "0"];
 /// How long the gateway may take to notice that its cache file is gone.
 const DEVICE_LOST_BOUND: Duration = Duration::from_secs(15);
-/// Time limit of one mount, losetup or blockdev command.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn require_root(test: &str) {
-    // SAFETY: geteuid(2) takes no arguments and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "{test} needs root (it mounts a tmpfs and sets up loop devices); \
-         run it as root, e.g. `sudo -E cargo nextest run -p tidegate-tests --test cache_faults`"
-    );
-}
-
-/// Runs a command; panics with its output unless it succeeds. Returns
-/// stdout.
-fn sh(cmd: &mut Command) -> String {
-    let shown = format!("{cmd:?}");
-    let out = tidegate_tests::tools::run(cmd, COMMAND_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{shown}: {e:#}"));
-    assert!(
-        out.status.success(),
-        "{shown} failed ({}): {}{}",
-        out.status,
-        out.stdout_text(),
-        out.stderr
-    );
-    out.stdout_text()
-}
-
-/// A tmpfs of a given size on a fresh folder; unmounted on drop (lazily
-/// if something still holds it).
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::Builder::new()
-            .prefix("tidegate-tmpfs-")
-            .tempdir()
-            .expect("tempdir");
-        sh(Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={size}"))
-            .arg("tmpfs")
-            .arg(dir.path()));
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let p = self.dir.path();
-        let ok = Command::new("umount")
-            .arg(p)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(p).status();
-        }
-    }
-}
 
 /// A loop device over a file; made writable again and detached on drop.
 struct LoopDevice {
@@ -129,7 +64,10 @@ fn brief(s: &Stats) -> String {
 /// when cache writes run out of space.
 #[test]
 fn cache_disk_full_falls_back_to_s3() {
-    require_root("cache_disk_full_falls_back_to_s3");
+    require_root(
+        "cache_disk_full_falls_back_to_s3",
+        "it mounts a tmpfs and sets up loop devices",
+    );
     let tmpfs = Tmpfs::mount("8m");
     let mut rig = Rig::s3();
     let data = objects("full/obj-", 40, MIB, fresh_seed());
@@ -172,7 +110,10 @@ fn cache_disk_full_falls_back_to_s3() {
 /// S3), and the failures are counted.
 #[test]
 fn cache_io_error_falls_back() {
-    require_root("cache_io_error_falls_back");
+    require_root(
+        "cache_io_error_falls_back",
+        "it mounts a tmpfs and sets up loop devices",
+    );
     let backing_dir = tempfile::Builder::new()
         .prefix("tidegate-loop-")
         .tempdir()
@@ -229,7 +170,10 @@ fn cache_io_error_falls_back() {
 /// the cache off (once), and serves everything from S3.
 #[test]
 fn cache_file_removed_under_gateway() {
-    require_root("cache_file_removed_under_gateway");
+    require_root(
+        "cache_file_removed_under_gateway",
+        "it mounts a tmpfs and sets up loop devices",
+    );
     let mut rig = Rig::s3();
     let mut rng = SplitMix64::new(fresh_seed());
     let mut warm = objects("warm/obj-", 8, MIB, rng.next_u64());

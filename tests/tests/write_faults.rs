@@ -12,8 +12,6 @@
 //! The staging-disk tests mount a tmpfs, so they need root. Without it
 //! they fail (they never skip): run them as root, or in the VM.
 
-use std::ffi::CString;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,6 +19,7 @@ use tidegate::store::s3::S3Store;
 use tidegate::store::{ObjectStore, StoreError};
 use tidegate_tests::cache_rig::{Rig, Stats, BUCKET, MIB};
 use tidegate_tests::data::{fresh_seed, SplitMix64};
+use tidegate_tests::privileged::{require_root, sh, Tmpfs};
 use tidegate_tests::rpc::{NfsClient, NFS3ERR_JUKEBOX};
 use tidegate_tests::s3proxy::{FaultScope, UploadFault};
 
@@ -31,8 +30,6 @@ const NFS3ERR_NOSPC: u32 = 28;
 const CHUNK: usize = 1 << 20;
 const UNSTABLE: u32 = 0;
 const FILE_SYNC: u32 = 2;
-/// Time limit of one mount command.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often `/stats` is polled while waiting.
 const POLL: Duration = Duration::from_millis(100);
 /// How long a backlog may take to drain once the store takes uploads
@@ -40,88 +37,6 @@ const POLL: Duration = Duration::from_millis(100);
 /// minutes of failures; these outages last seconds, so retries come
 /// within a few seconds.
 const DRAIN_BOUND: Duration = Duration::from_secs(45);
-
-fn require_root(test: &str) {
-    // SAFETY: geteuid(2) takes no arguments and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "{test} needs root (it mounts a tmpfs); run it as root, e.g. \
-         `sudo -E cargo nextest run -p tidegate-tests --test write_faults`"
-    );
-}
-
-/// Runs a command; panics with its output unless it succeeds.
-fn sh(cmd: &mut Command) -> String {
-    let shown = format!("{cmd:?}");
-    let out = tidegate_tests::tools::run(cmd, COMMAND_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{shown}: {e:#}"));
-    assert!(
-        out.status.success(),
-        "{shown} failed ({}): {}{}",
-        out.status,
-        out.stdout_text(),
-        out.stderr
-    );
-    out.stdout_text()
-}
-
-/// A tmpfs of a given size on a fresh folder; unmounted on drop (lazily
-/// if something still holds it), so also when the test fails.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::Builder::new()
-            .prefix("tidegate-staging-tmpfs-")
-            .tempdir()
-            .expect("tempdir");
-        sh(Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={size}"))
-            .arg("tmpfs")
-            .arg(dir.path()));
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Bytes free for an unprivileged writer.
-    fn free_bytes(&self) -> u64 {
-        let c = CString::new(self.path().as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: statvfs is a plain C struct of integers, for which all
-        // zero bytes are a valid value.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: statvfs(3) reads the NUL-terminated path (alive for the
-        // call) and fills the struct we own.
-        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-        assert_eq!(
-            rc,
-            0,
-            "statvfs {}: {}",
-            self.path().display(),
-            std::io::Error::last_os_error()
-        );
-        st.f_bavail as u64 * st.f_frsize as u64
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let p = self.dir.path();
-        let ok = Command::new("umount")
-            .arg(p)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(p).status();
-        }
-    }
-}
 
 // ------------------------------------------------------------ helpers ----
 
@@ -322,7 +237,10 @@ fn set_arg(rig: &mut Rig, flag: &str, value: &str) {
 /// reach SeaweedFS whole.
 #[test]
 fn staging_disk_full_answers_nospc_and_recovers() {
-    require_root("staging_disk_full_answers_nospc_and_recovers");
+    require_root(
+        "staging_disk_full_answers_nospc_and_recovers",
+        "it mounts a tmpfs",
+    );
     // Declared first, dropped last: the gateway is gone before the
     // unmount.
     let tmpfs = Tmpfs::mount("24m");
@@ -519,7 +437,10 @@ fn staging_disk_full_answers_nospc_and_recovers() {
 /// it cannot record that they are up.
 #[test]
 fn commit_on_a_full_staging_disk_keeps_the_gateway_usable() {
-    require_root("commit_on_a_full_staging_disk_keeps_the_gateway_usable");
+    require_root(
+        "commit_on_a_full_staging_disk_keeps_the_gateway_usable",
+        "it mounts a tmpfs",
+    );
     let tmpfs = Tmpfs::mount("24m");
     let mut rig = Rig::s3();
     let staging = tmpfs.path().join("staging");
