@@ -219,7 +219,7 @@ fn cold_read(
 
 /// Bytes the successful object GETs in `records` asked for: a `200` the
 /// whole object, a `206` its range clamped to the object's `object_bytes`.
-fn requested_bytes(records: &[Recorded], object_bytes: u64) -> Result<u64> {
+pub fn requested_bytes(records: &[Recorded], object_bytes: u64) -> Result<u64> {
     let mut total_bytes = 0;
     for r in records.iter().filter(|r| r.is_object_get()) {
         total_bytes += match r.status {

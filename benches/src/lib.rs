@@ -32,17 +32,22 @@
 //! ([`s3`]) and a minimal NFSv3 client ([`nfs3`]) for the walkers.
 
 pub mod clock;
+pub mod dataset;
+pub mod epoch;
 pub mod fio;
 pub mod ganesha;
 pub mod json;
 pub mod latency;
 pub mod listing;
+pub mod meta;
 pub mod nfs3;
+pub mod report;
 pub mod s3;
 pub mod s3bench;
 pub mod sandbox;
 pub mod seaweed;
 pub mod servers;
+pub mod suite;
 pub mod tree;
 pub mod warm;
 pub mod write;
@@ -105,6 +110,19 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok())
         .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
+/// Peak resident memory of a process in bytes (`VmHWM`).
+pub fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .with_context(|| format!("no VmHWM in /proc/{pid}/status"))?;
     Ok(kib * 1024)
 }
 

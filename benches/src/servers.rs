@@ -97,9 +97,12 @@ pub fn start_tidegate_s3(
         // The block cache lives in the fresh state directory, so a cold
         // start is cold for data too.
         .arg("--cache")
-        .arg(t.state_dir.join("cache.img"))
-        .args(["--cache-size", "2GiB"])
-        .args(t.extra_args);
+        .arg(t.state_dir.join("cache.img"));
+    // 2 GiB unless the caller chose the size.
+    if !t.extra_args.iter().any(|a| a == "--cache-size") {
+        cmd.args(["--cache-size", "2GiB"]);
+    }
+    cmd.args(t.extra_args);
     if let Some(n) = t.workers {
         cmd.args(["--workers", &n.to_string()]);
     }

@@ -501,7 +501,7 @@ fn set_timeouts(conn: &RpcConn) -> Result<()> {
 }
 
 /// PMAPPROC_GETPORT (RFC 1833, portmap v2) for `prog`/`vers` over TCP.
-fn rpcbind_getport(prog: u32, vers: u32) -> Result<u16> {
+pub fn rpcbind_getport(prog: u32, vers: u32) -> Result<u16> {
     let mut conn = RpcConn::connect(SocketAddr::from(([127, 0, 0, 1], RPCBIND_PORT)))
         .context("connect to rpcbind")?;
     let args = XdrWriter::new().u32(prog).u32(vers).u32(6).u32(0).finish();

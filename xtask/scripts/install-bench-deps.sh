@@ -18,6 +18,9 @@ APT_PACKAGES=(
     # The write section's FUSE peer: s3fs mounts the SeaweedFS bucket (it
     # pulls in fuse, for fusermount, and libfuse2).
     s3fs
+    # The report's plots draw their labels with DejaVu Sans
+    # (benches/src/report/plot.rs loads the TTF file at run time).
+    fonts-dejavu-core
 )
 
 log() { printf '[install-bench-deps] %s\n' "$*"; }
@@ -62,6 +65,8 @@ for bin in ganesha.nfsd rpcbind ip s3fs fusermount; do
 done
 log "ganesha: $(ganesha.nfsd -v 2>&1 | head -n1 || true)"
 log "s3fs: $(s3fs --version 2>&1 | head -n1 || true)"
+DEJAVU_SANS=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+[[ -f $DEJAVU_SANS ]] || die "$DEJAVU_SANS not found after installing fonts-dejavu-core (the report's plots need it)"
 [[ -c /dev/fuse ]] || log "warning: /dev/fuse is missing; the write section's s3fs runs will fail"
 
 "$SCRIPT_DIR/install-test-deps.sh"

@@ -33,23 +33,22 @@ Commands:
                               client and run the scenarios of tests/vm;
                               `cargo xtask vm --help` lists the options.
   bench [HARNESS_ARGS...]     Install benchmark peers, build the release
-                              server, run the side-by-side harness (tidegate vs
-                              NFS-Ganesha; the same with tidegate's block cache
-                              warmed, with CPU s/GiB per server; then tidegate
-                              vs rclone serve nfs over S3; then cold reads
-                              through S3 with injected latency, tidegate with
-                              and without prefetch vs rclone; then writes:
-                              sequential write throughput vs Ganesha, and a
-                              checkpoint saved into S3 vs s3fs) and print its
-                              tables. Arguments go to the harness; `cargo xtask
-                              bench --help` lists them. `--warm-only` runs only
-                              the warm-cache section, `--no-warm` leaves it
-                              out; `--latency-only` and `--no-latency` do the
-                              same for the latency section, whose S3 delay
-                              `--s3-latency-ms N` sets (20 ms); `--write-only`
-                              and `--no-write` for the write section.
-                              `cargo xtask bench --listing [--keys N]` measures
-                              one directory of N (1M) keys in S3 instead.
+                              server and run the side-by-side suite: tidegate,
+                              NFS-Ganesha, rclone serve nfs, s3fs and rclone
+                              mount on the same data in the same run, plus the
+                              machine's disk and loopback limits, over seven
+                              workloads (large files, random 4 KiB, ImageNet-
+                              like epochs, cyclic sweep, cold read through a
+                              distant S3, metadata, checkpoint). Writes
+                              benches/results/<date>-<host>.md, .json and PNG
+                              plots. `--quick` runs small data sets (under 10
+                              minutes); `--workloads ace` and `--systems
+                              tidegate,s3fs` narrow it; `cargo xtask bench
+                              --help` lists every flag. `--sections [...]`
+                              runs the older per-topic sections instead
+                              (`--warm-only`, `--latency-only`, `--write-only`,
+                              ...), and `--listing [--keys N]` one directory
+                              of N (1M) keys in S3.
   fmt                         cargo fmt --all
   lint                        cargo clippy --workspace --all-targets -- -D warnings
   help                        Print this text

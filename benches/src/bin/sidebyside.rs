@@ -57,7 +57,7 @@ use tidegate_benches::servers::{self, TidegateDir};
 use tidegate_benches::tree::TreeShape;
 use tidegate_benches::warm::{self, WarmOptions, WarmServer};
 use tidegate_benches::write::{self, WriteOptions, WriteServer};
-use tidegate_benches::{ganesha, listing, nfs3, ratio_text, seaweed};
+use tidegate_benches::{ganesha, listing, nfs3, ratio_text, seaweed, suite};
 
 const USAGE: &str = "\
 sidebyside: tidegate vs NFS-Ganesha over NFSv3 with fio's nfs engine, without
@@ -65,7 +65,9 @@ and with tidegate's block cache, then tidegate vs rclone serve nfs over S3
 (SeaweedFS), then cold reads through S3 with injected latency, then writes
 (throughput vs Ganesha; a checkpoint saved into S3 vs s3fs)
 
-Usage: sidebyside [OPTIONS]   (as root; usually via `cargo xtask bench [OPTIONS]`)
+Usage: sidebyside --sections [OPTIONS]   (as root; usually via
+       `cargo xtask bench --sections [OPTIONS]`; without --sections the full
+       side-by-side suite runs: `sidebyside --help`)
        sidebyside --listing [OPTIONS]   one directory of a million keys in S3
                                         (`sidebyside --listing --help`)
 
@@ -248,7 +250,7 @@ fn parse_args() -> Result<Option<Options>> {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_FIO)),
     };
-    let mut args = env::args().skip(1);
+    let mut args = env::args().skip(1).filter(|a| a != "--sections");
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
@@ -341,7 +343,16 @@ struct Cell {
 
 /// Returns whether every run succeeded.
 fn run() -> Result<bool> {
-    let args: Vec<String> = env::args().skip(1).collect();
+    let mut args: Vec<String> = env::args().skip(1).collect();
+    // Without `--sections` or `--listing`: the full side-by-side suite.
+    let sections = args.iter().any(|a| a == "--sections");
+    args.retain(|a| a != "--sections");
+    if !sections && !args.iter().any(|a| a == "--listing") {
+        let Some(opts) = suite::parse_args(&args)? else {
+            return Ok(true);
+        };
+        return suite::run(&opts);
+    }
     if args.iter().any(|a| a == "--listing") {
         let Some(opts) = listing::parse_args(&args)? else {
             return Ok(true);
