@@ -283,6 +283,11 @@ pub fn write_local(
 /// threads (at most [`CONNECTIONS_MAX`]), each with its own keep-alive
 /// [`S3Client`]. The first failure stops the others and is returned.
 /// `progress(done, total)` is called from this thread as puts complete.
+/// Tries of one PUT while seeding, and the pause before the first retry
+/// (growing linearly).
+const PUT_ATTEMPTS: u32 = 5;
+const PUT_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 fn put_parallel(
     target: &S3Target,
     count: usize,
@@ -312,8 +317,22 @@ fn put_parallel(
                         if i >= count {
                             break;
                         }
-                        if let Err(e) = put(&mut client, i) {
-                            fail(e);
+                        // A loaded store answers 500/503 now and then: a
+                        // few retries with a fresh connection and a pause.
+                        let mut attempt = 0;
+                        let outcome = loop {
+                            match put(&mut client, i) {
+                                Ok(()) => break Ok(()),
+                                Err(e) if attempt + 1 >= PUT_ATTEMPTS => break Err(e),
+                                Err(_) => {
+                                    attempt += 1;
+                                    client = S3Client::new(target.clone());
+                                    std::thread::sleep(PUT_RETRY_PAUSE * attempt);
+                                }
+                            }
+                        };
+                        if let Err(e) = outcome {
+                            fail(e.context(format!("after {PUT_ATTEMPTS} attempts")));
                             break;
                         }
                         done.fetch_add(1, Ordering::Relaxed);

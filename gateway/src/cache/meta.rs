@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::vfs::{Attr, Listing};
+use crate::vfs::{Attr, Listing, NodeKind};
 
 /// Attribute entries kept.
 pub const ATTR_ENTRIES_MAX: usize = 1_000_000;
@@ -57,6 +57,14 @@ impl MetaCache {
         m.get(&id)
             .filter(|(_, at)| self.fresh(*at, self.ttls.attrs))
             .map(|(a, _)| a.clone())
+    }
+
+    /// The kind last known for `id`, fresh or not: what an expired entry
+    /// says the node was, so that revalidating it asks the store one
+    /// question instead of several.
+    pub fn kind_known(&self, id: u64) -> Option<NodeKind> {
+        let m = self.attrs.lock().expect("attr cache poisoned");
+        m.get(&id).map(|(a, _)| a.kind)
     }
 
     pub fn put_attr(&self, attr: Attr) {

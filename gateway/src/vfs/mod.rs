@@ -372,13 +372,45 @@ impl Vfs {
             return Err(FsError::NotFound);
         }
         let dir_key = format!("{}{name}/", dir.key);
+        let file_key = format!("{}{name}", dir.key);
+        // A name resolved before whose attributes are still trusted needs
+        // no store round trip: a training epoch looks every file up again,
+        // often in folders it never lists.
+        for (key, masked) in [(&dir_key, mask_dir), (&file_key, mask_file)] {
+            if masked {
+                continue;
+            }
+            if let Some(id) = self.handles.cached_id(key) {
+                if let Some(attr) = self.meta.attr(id) {
+                    return Ok((self.node(id)?, attr));
+                }
+            }
+        }
+        // A file whose attributes expired is revalidated with one HEAD;
+        // only when it is gone is the name resolved afresh.
+        let known_file = self
+            .handles
+            .cached_id(&file_key)
+            .filter(|id| self.meta.kind_known(*id) == Some(NodeKind::File));
+        if let (Some(id), false) = (known_file, mask_file) {
+            match self.store.head(&file_key).await {
+                Ok(m) => {
+                    let attr =
+                        Attr::plain(id, NodeKind::File, m.size, m.mtime, Some(Arc::from(m.etag)))
+                            .with_posix(m.posix.as_ref());
+                    self.meta.put_attr(attr.clone());
+                    return Ok((self.node(id)?, attr));
+                }
+                Err(StoreError::NotFound { .. }) => self.meta.forget_attr(id),
+                Err(e) => return Err(e.into()),
+            }
+        }
         if !mask_dir && self.store.prefix_exists(&dir_key).await? {
             let node = self.handles.ensure(&[dir_key])?.remove(0);
             let attr = self.dir_attr(node.id);
             self.meta.put_attr(attr.clone());
             return Ok((node, attr));
         }
-        let file_key = format!("{}{name}", dir.key);
         if mask_file {
             return Err(FsError::NotFound);
         }
@@ -918,6 +950,49 @@ mod tests {
             assert_eq!(up.id, root.id);
             s.delete("d/f");
             assert!(matches!(v.getattr(&f).await, Err(FsError::Stale)));
+        });
+    }
+
+    #[test]
+    fn a_name_looked_up_again_within_its_ttl_costs_no_store_call() {
+        let s = Arc::new(MemoryStore::new());
+        s.put("d/f", b"0123456789");
+        s.put("d/sub/x", b"x");
+        let t = tempfile::tempdir().unwrap();
+        let h = HandleTable::open(t.path(), "memory").unwrap();
+        let ttls = MetaTtls {
+            attrs: Duration::from_secs(3600),
+            negative: Duration::from_secs(0),
+            immutable: false,
+        };
+        let v = Vfs::new(s.clone(), h, MetaCache::new(ttls));
+        block_on(async {
+            let (d, _) = v.lookup(&v.root(), b"d").await.unwrap();
+            // Never listed: each name is resolved against the store once.
+            let (f, fa) = v.lookup(&d, b"f").await.unwrap();
+            let (sub, _) = v.lookup(&d, b"sub").await.unwrap();
+            // Gone from the store, the names still resolve from the cache
+            // (no HEAD, no LIST) to the same handles and attributes.
+            s.delete("d/f");
+            s.delete("d/sub/x");
+            let (f2, fa2) = v.lookup(&d, b"f").await.unwrap();
+            assert_eq!(
+                (f2.id, fa2.size, fa2.etag.clone()),
+                (f.id, 10, fa.etag.clone())
+            );
+            let (sub2, sa) = v.lookup(&d, b"sub").await.unwrap();
+            assert_eq!((sub2.id, sa.kind), (sub.id, NodeKind::Dir));
+        });
+        // With a zero TTL the store is asked again and the names are gone.
+        let t = tempfile::tempdir().unwrap();
+        let s = Arc::new(MemoryStore::new());
+        s.put("d/f", b"0123456789");
+        let v = vfs(s.clone(), t.path());
+        block_on(async {
+            let (d, _) = v.lookup(&v.root(), b"d").await.unwrap();
+            v.lookup(&d, b"f").await.unwrap();
+            s.delete("d/f");
+            assert!(matches!(v.lookup(&d, b"f").await, Err(FsError::NotFound)));
         });
     }
 
