@@ -420,6 +420,7 @@ pub fn run(o: &Options) -> Result<bool> {
     report.machine = machine_facts(&o.work_dir);
     report.versions = versions(o);
     report.workloads = workloads::infos(&sizes, o);
+    report.notes = setup_notes(o);
 
     let steps = workloads::step_count(o);
     let mut progress = Progress {
@@ -515,6 +516,33 @@ fn iso_utc(t: SystemTime) -> String {
         s / 60 % 60,
         s % 60
     )
+}
+
+/// How each system was set up, for the report.
+fn setup_notes(o: &Options) -> Vec<String> {
+    let mut notes = vec![
+        format!(
+            "tidegate: `tidegate serve s3://bench` with a block cache file on the run's disk (4 GiB; in (d) the sweep's size with the memory tier off; elsewhere the memory tier at its default, 1/8 of RAM), `--meta-ttl {}` (the peers trust metadata at least that long by default: rclone's --dir-cache-time is 5 min, s3fs's stat cache 15 min; tidegate's own default is 3 s), everything else at its defaults{}.",
+            systems::TIDEGATE_META_TTL,
+            if o.tidegate_args.is_empty() {
+                String::new()
+            } else {
+                format!(", plus `{}`", o.tidegate_args.join(" "))
+            }
+        ),
+        "rclone serve nfs and rclone mount: `--vfs-cache-mode full` with a fresh cache folder on the same disk, defaults otherwise (in (d) `--vfs-cache-max-size` the sweep's cache size).".to_owned(),
+        "s3fs: defaults (path-style requests to the proxy; no `use_cache`, so no data cache of its own beyond the kernel's page cache).".to_owned(),
+        "NFS-Ganesha: FSAL VFS exporting a local copy of the same files (NFSv3), with rpcbind, in the namespace; the page cache serves it once the data has been read.".to_owned(),
+        "Every S3 client reaches SeaweedFS through the harness's counting proxy on the namespace's loopback, which adds no delay except in (e). SeaweedFS and the proxy share the machine's 2 cores with the servers and the clients; their CPU is not counted in the servers' CPU s/GiB, which covers the server process only (tidegate, ganesha.nfsd, rclone, s3fs).".to_owned(),
+        "Each system starts fresh for each workload: new state, empty caches, the page cache dropped (echo 3 > /proc/sys/vm/drop_caches) before it starts.".to_owned(),
+    ];
+    if o.quick {
+        notes.push(
+            "Quick run: small data sets and short timed runs; the numbers are indicative only."
+                .to_owned(),
+        );
+    }
+    notes
 }
 
 fn hostname() -> String {

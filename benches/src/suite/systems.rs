@@ -31,6 +31,10 @@ const TIDEGATE_ADMIN_PORT: u16 = 20491;
 const RCLONE_PORT: u16 = 20492;
 /// Ganesha's NFS port (its MOUNT port comes from rpcbind).
 const GANESHA_NFS_PORT: u16 = 2049;
+/// tidegate trusts attributes and listings as long as the peers do by
+/// default: rclone's `--dir-cache-time` is 5 minutes (s3fs keeps stat
+/// entries for 15). tidegate's own default is 3 s.
+pub const TIDEGATE_META_TTL: &str = "5m";
 /// How long a FUSE daemon may take to mount.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a FUSE daemon may take to exit after its unmount.
@@ -225,6 +229,8 @@ pub fn start(
             let mut extra = vec![
                 "--admin".to_owned(),
                 format!("127.0.0.1:{TIDEGATE_ADMIN_PORT}"),
+                "--meta-ttl".to_owned(),
+                TIDEGATE_META_TTL.to_owned(),
             ];
             match spec.cache_bytes {
                 Some(b) => extra.extend([
