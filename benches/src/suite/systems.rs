@@ -177,6 +177,39 @@ impl Running {
         Ok(())
     }
 
+    /// Bytes allocated on disk under this start's folder, logs aside: the
+    /// system's state and caches (tidegate's cache file, rclone's VFS
+    /// cache, s3fs's temporary files).
+    pub fn disk_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            use std::os::unix::fs::MetadataExt;
+            let Ok(m) = fs::symlink_metadata(p) else {
+                return 0;
+            };
+            if m.is_dir() {
+                fs::read_dir(p)
+                    .map(|rd| rd.flatten().map(|e| walk(&e.path())).sum())
+                    .unwrap_or(0)
+            } else if p.extension().is_some_and(|x| x == "log") {
+                0
+            } else {
+                m.blocks() * 512
+            }
+        }
+        match &self.fuse {
+            // The mount point itself is the system's view of the bucket.
+            Some(f) => fs::read_dir(&self.dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.path() != f.mnt)
+                        .map(|e| walk(&e.path()))
+                        .sum()
+                })
+                .unwrap_or(0),
+            None => walk(&self.dir),
+        }
+    }
+
     /// CPU seconds the process has used so far.
     pub fn cpu_secs(&self) -> f64 {
         crate::cpu_secs(self.pid).unwrap_or(f64::NAN)
