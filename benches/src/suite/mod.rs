@@ -379,8 +379,9 @@ pub(crate) fn drop_caches() -> Result<()> {
     fs::write("/proc/sys/vm/drop_caches", "3").context("write /proc/sys/vm/drop_caches")
 }
 
-/// Runs the suite and writes the report; returns whether every system
-/// completed every workload.
+/// Runs the suite and writes the report; returns whether tidegate and the
+/// limits completed every workload (peers' failures are reported, not
+/// fatal).
 pub fn run(o: &Options) -> Result<bool> {
     if !sandbox::is_root() {
         bail!("must run as root (network namespaces, FUSE mounts, drop_caches)");
@@ -499,7 +500,12 @@ pub fn run(o: &Options) -> Result<bool> {
     }
     let _ = std::io::stdout().flush();
     outcome?;
-    Ok(report.failures.is_empty())
+    // A peer that fails is a result (the report says so); tidegate failing,
+    // or a limit that could not be measured, fails the run.
+    Ok(report
+        .failures
+        .iter()
+        .all(|f| !f.system.starts_with("tidegate") && f.system != "limits"))
 }
 
 /// `2026-11-27T21:00:00Z`.
