@@ -397,6 +397,22 @@ mod tests {
     }
 
     #[test]
+    fn cyclic_sweep_over_twice_a_large_cache_keeps_a_cache_full() {
+        // A thousand resident blocks and twice as many swept: the sketch's
+        // collisions must not let blocks seen once displace residents seen
+        // once.
+        let layout = Layout::for_device(1024 * MIB, MIB + 4096).unwrap();
+        let mut dir = Directory::new(layout, MIB);
+        let blocks = 2 * layout.capacity_bytes() / (MIB + 4096);
+        let ideal = layout.capacity_bytes() as f64 / (blocks * (MIB + 4096)) as f64;
+        let ratio = cyclic(&mut dir, blocks, 3);
+        assert!(
+            ratio > 0.8 * ideal,
+            "hit ratio {ratio:.3}, ideal {ideal:.3}"
+        );
+    }
+
+    #[test]
     fn a_new_hot_set_gets_in() {
         let layout = Layout::for_device(64 * MIB, MIB + 4096).unwrap();
         let mut dir = Directory::new(layout, MIB);

@@ -28,7 +28,13 @@ pub struct FrequencySketch {
 impl FrequencySketch {
     /// A sketch sized for about `entries` resident blocks.
     pub fn new(entries: usize) -> FrequencySketch {
-        let width = (entries.saturating_mul(2))
+        // Sixteen counters per resident block: a sweep over a dataset
+        // several times the cache touches that many more distinct blocks,
+        // and with fewer counters their collisions inflate the estimates
+        // of blocks seen once, which then displace residents that were
+        // seen once too (a cyclic sweep over twice the cache lost every
+        // resident within one pass at two counters per block).
+        let width = (entries.saturating_mul(16))
             .clamp(SKETCH_WIDTH_MIN, SKETCH_WIDTH_MAX)
             .next_power_of_two();
         FrequencySketch {
