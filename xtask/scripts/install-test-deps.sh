@@ -41,6 +41,8 @@ APT_PACKAGES=(
     util-linux
     python3
     python3-pip
+    # The benchmark report's unit tests render a PNG with DejaVu Sans.
+    fonts-dejavu-core
 )
 
 log() { printf '[install-test-deps] %s\n' "$*"; }
