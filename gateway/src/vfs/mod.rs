@@ -289,14 +289,7 @@ impl Vfs {
                     .head(&node.key)
                     .await
                     .map_err(not_found_is_stale)?;
-                Attr::plain(
-                    node.id,
-                    NodeKind::File,
-                    m.size,
-                    m.mtime,
-                    Some(Arc::from(m.etag)),
-                )
-                .with_posix(m.posix.as_ref())
+                file_attr(node.id, m)
             }
             NodeKind::Symlink => return Err(FsError::Stale),
         };
@@ -376,28 +369,24 @@ impl Vfs {
         // A name resolved before whose attributes are still trusted needs
         // no store round trip: a training epoch looks every file up again,
         // often in folders it never lists.
-        for (key, masked) in [(&dir_key, mask_dir), (&file_key, mask_file)] {
-            if masked {
-                continue;
-            }
-            if let Some(id) = self.handles.cached_id(key) {
-                if let Some(attr) = self.meta.attr(id) {
-                    return Ok((self.node(id)?, attr));
-                }
+        let dir_id = (!mask_dir)
+            .then(|| self.handles.cached_id(&dir_key))
+            .flatten();
+        let file_id = (!mask_file)
+            .then(|| self.handles.cached_id(&file_key))
+            .flatten();
+        for id in [dir_id, file_id].into_iter().flatten() {
+            if let Some(attr) = self.meta.attr(id) {
+                return Ok((self.node(id)?, attr));
             }
         }
         // A file whose attributes expired is revalidated with one HEAD;
         // only when it is gone is the name resolved afresh.
-        let known_file = self
-            .handles
-            .cached_id(&file_key)
-            .filter(|id| self.meta.kind_known(*id) == Some(NodeKind::File));
-        if let (Some(id), false) = (known_file, mask_file) {
+        let known_file = file_id.filter(|id| self.meta.kind_known(*id) == Some(NodeKind::File));
+        if let Some(id) = known_file {
             match self.store.head(&file_key).await {
                 Ok(m) => {
-                    let attr =
-                        Attr::plain(id, NodeKind::File, m.size, m.mtime, Some(Arc::from(m.etag)))
-                            .with_posix(m.posix.as_ref());
+                    let attr = file_attr(id, m);
                     self.meta.put_attr(attr.clone());
                     return Ok((self.node(id)?, attr));
                 }
@@ -417,14 +406,7 @@ impl Vfs {
         match self.store.head(&file_key).await {
             Ok(m) => {
                 let node = self.handles.ensure(&[file_key])?.remove(0);
-                let attr = Attr::plain(
-                    node.id,
-                    NodeKind::File,
-                    m.size,
-                    m.mtime,
-                    Some(Arc::from(m.etag)),
-                )
-                .with_posix(m.posix.as_ref());
+                let attr = file_attr(node.id, m);
                 self.meta.put_attr(attr.clone());
                 Ok((node, attr))
             }
@@ -861,6 +843,12 @@ impl Sweep {
         }
         p.sweep_finished(self.client, self.dir_id);
     }
+}
+
+/// Attributes of a file from its HEAD.
+fn file_attr(id: u64, m: crate::store::ObjectMeta) -> Attr {
+    Attr::plain(id, NodeKind::File, m.size, m.mtime, Some(Arc::from(m.etag)))
+        .with_posix(m.posix.as_ref())
 }
 
 #[cfg(test)]
