@@ -54,7 +54,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,7 @@ use crate::s3::{S3Client, S3Target};
 use crate::sandbox::{self, Sandbox};
 use crate::seaweed::{self, Seaweed};
 use crate::servers::{self, TidegateDir, TidegateS3};
+use crate::suite::systems::FuseMount;
 
 /// tidegate over a local directory (throughput part).
 const TIDEGATE_DIR_PORT: u16 = 20500;
@@ -99,8 +100,6 @@ const JUKEBOX_RETRIES_MAX: u32 = 600;
 const JUKEBOX_PAUSE: Duration = Duration::from_millis(100);
 /// Interval of the bucket poller and of `/stats` polls.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// How long s3fs may take to mount.
-const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the admin port may take to answer once NFS does.
 const ADMIN_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pages of 1000 keys the poller lists at most.
@@ -1134,11 +1133,8 @@ fn poll_bucket(spec: &PollSpec<'_>, stop: &AtomicBool) -> Polled {
 }
 
 /// s3fs mounted on a folder, run as a child in the namespace's network;
-/// unmounted and stopped on drop.
-struct S3fsMount {
-    child: Option<Child>,
-    mnt: PathBuf,
-}
+/// unmounted and stopped on drop (the suite's [`FuseMount`]).
+struct S3fsMount(FuseMount);
 
 impl S3fsMount {
     #[allow(clippy::too_many_arguments)]
@@ -1154,13 +1150,6 @@ impl S3fsMount {
     ) -> Result<Self> {
         fs::create_dir_all(mnt).with_context(|| format!("create {}", mnt.display()))?;
         let mnt = fs::canonicalize(mnt)?;
-        ensure!(
-            !is_mounted(&mnt)?,
-            "{} is already a mount point",
-            mnt.display()
-        );
-        let out = fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
-        let err = out.try_clone()?;
         let mut cmd = sb.command_net_only(bin);
         cmd.arg(bucket)
             .arg(&mnt)
@@ -1175,99 +1164,21 @@ impl S3fsMount {
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .env_remove("AWS_SESSION_TOKEN")
             .env_remove("AWSACCESSKEYID")
-            .env_remove("AWSSECRETACCESSKEY")
-            .stdout(out)
-            .stderr(err);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("start {}", sandbox::describe(&cmd)))?;
-        let mut m = Self {
-            child: Some(child),
-            mnt,
-        };
-        let deadline = Instant::now() + MOUNT_TIMEOUT;
-        loop {
-            if is_mounted(&m.mnt)? {
-                return Ok(m);
-            }
-            if let Some(c) = m.child.as_mut() {
-                if let Some(status) = c.try_wait()? {
-                    m.child = None;
-                    bail!(
-                        "s3fs exited ({status}) before mounting; last lines of {}:\n{}",
-                        log.display(),
-                        sandbox::log_tail(log, 20)
-                    );
-                }
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "s3fs did not mount {} within {}s; last lines of {}:\n{}",
-                    m.mnt.display(),
-                    MOUNT_TIMEOUT.as_secs(),
-                    log.display(),
-                    sandbox::log_tail(log, 20)
-                );
-            }
-            sandbox::sleep_interruptible(Duration::from_millis(100))?;
-        }
+            .env_remove("AWSSECRETACCESSKEY");
+        FuseMount::start(cmd, &mnt, log, "s3fs").map(S3fsMount)
     }
 
     fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        Some(self.0.pid)
     }
 
     fn check_alive(&mut self) -> Result<()> {
-        match self.child.as_mut().map(Child::try_wait).transpose()? {
-            Some(None) => Ok(()),
-            Some(Some(status)) => bail!("s3fs exited ({status})"),
-            None => bail!("s3fs is not running"),
-        }
+        self.0.check_alive()
     }
 
     /// Unmounts cleanly (`fusermount -u`) and waits for s3fs to exit.
-    fn unmount(mut self) -> Result<()> {
-        let status = Command::new("fusermount")
-            .arg("-u")
-            .arg(&self.mnt)
-            .stdin(Stdio::null())
-            .status()
-            .context("run fusermount -u")?;
-        ensure!(
-            status.success(),
-            "fusermount -u {} failed",
-            self.mnt.display()
-        );
-        if let Some(mut c) = self.child.take() {
-            sandbox::wait_child(
-                &mut c,
-                "s3fs to exit after unmount",
-                Duration::from_secs(30),
-            )?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for S3fsMount {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // A dead daemon aborts the FUSE connection, which frees any
-            // process stuck on the mount; then detach the mount.
-            // SAFETY: signals the process group our own child leads.
-            unsafe {
-                libc::kill(-(c.id() as i32), libc::SIGKILL);
-            }
-            let _ = c.wait();
-        }
-        if is_mounted(&self.mnt).unwrap_or(true) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mnt)
-                .stdin(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
+    fn unmount(self) -> Result<()> {
+        self.0.unmount()
     }
 }
 
@@ -1298,15 +1209,6 @@ fn remove_stale_mounts(work_dir: &Path) {
                 .status();
         }
     }
-}
-
-/// Whether `mnt` (canonical) is a mount point of this mount namespace.
-fn is_mounted(mnt: &Path) -> Result<bool> {
-    let text = fs::read_to_string("/proc/self/mountinfo").context("read mountinfo")?;
-    let want = mnt.to_string_lossy().replace(' ', "\\040");
-    Ok(text
-        .lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(want.as_str())))
 }
 
 fn s3fs_version(bin: &Path) -> String {
@@ -1432,7 +1334,7 @@ fn run_checkpoint(
             println!(
                 "write: s3fs (pid {}) mounted s3://{S3FS_BUCKET} on {} (temporary files in {}, {})",
                 m.pid().unwrap_or(0),
-                m.mnt.display(),
+                m.0.mnt.display(),
                 tmpdir.display(),
                 setup.s3fs_tmpdir_fs
             );
@@ -1502,7 +1404,7 @@ fn run_checkpoint(
             let cleanup = match peer {
                 CkptPeer::Tidegate => ckpt_cleanup_tidegate(sb, &final_key, &tmp_key),
                 CkptPeer::S3fs => {
-                    let mnt = s3fs.as_ref().map(|m| m.mnt.clone());
+                    let mnt = s3fs.as_ref().map(|m| m.0.mnt.clone());
                     match mnt {
                         Some(mnt) => {
                             let _ = fs::remove_file(mnt.join(&tmp_key));
@@ -1772,8 +1674,8 @@ fn ckpt_s3fs(
 ) -> Result<CkptRun> {
     m.check_alive()?;
     let pid = m.pid().context("s3fs not running")?;
-    let tmp = m.mnt.join(c.tmp_key);
-    let fin = m.mnt.join(c.final_key);
+    let tmp = m.0.mnt.join(c.tmp_key);
+    let fin = m.0.mnt.join(c.final_key);
     for p in [&tmp, &fin] {
         ensure!(!p.exists(), "{} exists before the run", p.display());
     }
